@@ -1,0 +1,146 @@
+"""
+The tokenizer and THE chat template of twofiles (no torch here).
+
+Text becomes token ids with a sentencepiece BPE vocabulary (Kudo & Richardson 2018) trained on the
+pretraining text, set up so that nothing is lost: identity normalisation, whitespace kept exactly, no
+dummy prefix space, and byte fallback for any character the vocabulary lacks, so decode(encode(x)) == x
+for every string. The chat markers are user-defined symbols: always one token each.
+
+A conversation becomes ids with `render_chat`; it is the only place the chat format is written (run.py
+mirrors it, and a parity test keeps the two identical):
+
+    <s> <|system|> content <|end|> <|user|> content <|end|> <|assistant|> content <|end|> ...
+
+    python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
+"""
+import os
+import sys
+
+import sentencepiece as spm
+
+ROLES = ("system", "user", "assistant")
+ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
+END_TOKEN = "<|end|>"  # end of a turn: the assistant learns to emit it, so generation knows when to stop
+SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN]
+
+# sentencepiece's piece types (sentencepiece_model.proto), written into the blob and GGUF for run.py
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+def train_tokenizer(texts, model_prefix, vocab_size):
+    """Train a BPE vocabulary on an iterable of documents; writes model_prefix.model and returns a Tokenizer.
+    Documents are fed line by line (newlines are then bytes, <0x0A>); sentencepiece may return fewer pieces
+    than asked on a small text, so the real size is read back from the model."""
+    def lines():
+        for text in texts:
+            for line in text.split("\n"):
+                if line.strip():
+                    yield line
+    os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_prefix=model_prefix, model_type="bpe", vocab_size=vocab_size,
+            normalization_rule_name="identity",  # no NFKC: what goes in comes out
+            add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            split_digits=True,  # one token per digit: arithmetic sees the digits it adds
+            byte_fallback=True, character_coverage=1.0,
+            user_defined_symbols=SPECIAL_TOKENS,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            hard_vocab_limit=False,  # allow fewer pieces than asked instead of failing on small text
+            input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=16384,
+            num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as e:
+        raise ValueError(f"cannot train a {vocab_size}-token vocabulary on this text: {str(e).splitlines()[0]}") from None
+    return Tokenizer(model_prefix + ".model")
+
+
+class Tokenizer:
+    def __init__(self, model_file):
+        if not os.path.isfile(model_file):
+            raise ValueError(f"no tokenizer model at {model_file}")
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.model_file = model_file
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
+        self.role_ids = {role: self.sp.piece_to_id(tok) for role, tok in ROLE_TOKENS.items()}
+        self.end_id = self.sp.piece_to_id(END_TOKEN)
+        if self.end_id == self.unk_id or self.unk_id in self.role_ids.values():
+            raise ValueError(f"{model_file} lacks the chat tokens {SPECIAL_TOKENS}: not a twofiles tokenizer")
+
+    def encode(self, text):
+        """str -> list of ids (no BOS/EOS: callers add them)."""
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts):
+        """list of str -> list of lists of ids; sentencepiece runs the batch in C++ threads."""
+        return self.sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids):
+        return self.sp.decode([int(i) for i in ids])
+
+    def pieces(self):
+        """(piece, score, type) for every id, for exporters: what run.py needs to encode and decode."""
+        out = []
+        for i in range(self.vocab_size):
+            piece, score = self.sp.id_to_piece(i), self.sp.get_score(i)
+            if self.sp.is_unknown(i):
+                kind = UNKNOWN
+            elif self.sp.is_control(i):
+                kind = CONTROL
+            elif self.sp.is_byte(i):
+                kind = BYTE
+            elif piece in SPECIAL_TOKENS:
+                kind = USER_DEFINED
+            else:
+                kind = NORMAL
+            out.append((piece, score, kind))
+        return out
+
+
+def check_messages(messages):
+    """Raise ValueError with a readable reason unless messages is a valid conversation: a non-empty list of
+    {"role", "content"} dicts, an optional system message first, then user and assistant alternating,
+    starting with the user."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} needs a string 'content'")
+        if m.get("role") not in ROLES:
+            raise ValueError(f"message {i} has unknown role {m.get('role')!r} (expected one of {', '.join(ROLES)})")
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValueError(f"turns must alternate user/assistant after an optional system message; "
+                             f"turn {i} is {m['role']!r}, expected {expected!r}")
+
+
+def render_chat(tok, messages, add_generation_prompt=False):
+    """The chat template: messages -> (ids, mask). mask[i] = 1 exactly on the tokens the assistant must learn
+    to produce: its content and the <|end|> that closes its turn. With add_generation_prompt, the ids end
+    with <|assistant|>, ready for the model to answer."""
+    check_messages(messages)
+    ids, mask = [tok.bos_id], [0]
+    for m in messages:
+        content = tok.encode(m["content"])
+        learn = int(m["role"] == "assistant")
+        ids += [tok.role_ids[m["role"]], *content, tok.end_id]
+        mask += [0] + [learn] * (len(content) + 1)
+    if add_generation_prompt:
+        ids.append(tok.role_ids["assistant"])
+        mask.append(0)
+    return ids, mask
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: python tokenizer.py TOKENIZER.model TEXT")
+    tok = Tokenizer(sys.argv[1])
+    ids = tok.encode(sys.argv[2])
+    print(ids)
+    print([tok.sp.id_to_piece(i) for i in ids])
+
+
+if __name__ == "__main__":
+    main()
