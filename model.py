@@ -332,3 +332,22 @@ def load_checkpoint(path, device="cpu", stages=None):
     if stages is not None and ckpt.get("stage") not in stages:
         raise CheckpointError(f"{path} is a '{ckpt.get('stage')}' checkpoint; expected {' or '.join(stages)}")
     return model.to(device), ckpt
+
+
+def generate_many(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_id=None,
+                  generator=None, batch_size=64):
+    """`generate` for a list of prompts (lists of ids) of any lengths: prompts of equal length are batched
+    together (so no padding is needed), results come back in the order given."""
+    device = model.tok_embeddings.weight.device
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    out = [None] * len(prompts)
+    for length, idx in sorted(by_length.items()):
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            batch = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
+            for i, new in zip(chunk, generate(model, batch, max_new_tokens, temperature, top_k, top_p, stop_id,
+                                              generator)):
+                out[i] = new
+    return out

@@ -1,0 +1,21 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tokenizer  # noqa: E402
+import world  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    return world.make_world(n_people=12, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory, tiny_world):
+    """A tokenizer trained on the tiny world's documents (a second or two), shared by all tests."""
+    train_docs, _ = world.pretrain_docs(tiny_world)
+    return tokenizer.train_tokenizer(train_docs, str(tmp_path_factory.mktemp("tok") / "tok"), 600)

@@ -1,0 +1,123 @@
+"""model.py against independent references: KV cache vs full forward, RMSNorm, RoPE and attention vs
+straightforward re-implementations (Meta's complex-number RoPE, explicit softmax attention), init, losses,
+sampling, checkpoints."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model
+from model import KVCache, ModelArgs, Transformer
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return Transformer(ModelArgs(**{**dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64,
+                                           max_seq_len=32), **kw}))
+
+
+def test_kv_cache_decode_equals_full_forward():
+    m = tiny().eval()
+    x = torch.randint(0, 64, (2, 20))
+    full = m(x)
+    cache = KVCache(m.args, 2, "cpu", torch.float32)
+    chunks = [m(x[:, :7], 0, cache), m(x[:, 7:12], 7, cache)] + [m(x[:, t:t + 1], t, cache) for t in range(12, 20)]
+    assert torch.allclose(torch.cat(chunks, 1), full, atol=1e-5)
+
+
+def test_rmsnorm_matches_torch():
+    norm = model.RMSNorm(16, 1e-5)
+    norm.weight.data = torch.randn(16)
+    x = torch.randn(3, 5, 16)
+    assert torch.allclose(norm(x), F.rms_norm(x, (16,), norm.weight, 1e-5), atol=1e-6)
+
+
+def reference_rope(x, theta=10000.0):
+    """Meta's formulation: consecutive pairs as complex numbers, multiplied by e^(i t f)."""
+    B, T, nh, hs = x.shape
+    freqs = 1.0 / theta ** (torch.arange(0, hs, 2).float() / hs)
+    f = torch.polar(torch.ones(T, hs // 2), torch.outer(torch.arange(T).float(), freqs))  # (T, hs/2)
+    xc = torch.view_as_complex(x.float().reshape(B, T, nh, hs // 2, 2))
+    return torch.view_as_real(xc * f[None, :, None, :]).flatten(3)
+
+
+def test_rope_matches_complex_reference():
+    x = torch.randn(2, 9, 3, 8)
+    cos, sin = model.rope_tables(8, 9, 10000.0)
+    assert torch.allclose(model.apply_rotary_emb(x, cos, sin), reference_rope(x), atol=1e-5)
+
+
+def test_attention_matches_explicit_softmax_with_repeated_kv_heads():
+    m = tiny()
+    att = m.layers[0].attention
+    x = torch.randn(2, 10, 32)
+    cos, sin = m.rope_cos[:10], m.rope_sin[:10]
+    q = reference_rope(att.wq(x).view(2, 10, 4, 8)).transpose(1, 2)  # (B, nh, T, hs)
+    k = reference_rope(att.wk(x).view(2, 10, 2, 8)).transpose(1, 2)  # (B, nkv, T, hs)
+    v = att.wv(x).view(2, 10, 2, 8).transpose(1, 2)
+    k = k[:, :, None].expand(2, 2, 2, 10, 8).reshape(2, 4, 10, 8)  # Meta's repeat_kv
+    v = v[:, :, None].expand(2, 2, 2, 10, 8).reshape(2, 4, 10, 8)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(10, 10).triu(1).bool(), float("-inf"))
+    ref = att.wo((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, 32))
+    assert torch.allclose(att(x, cos, sin), ref, atol=1e-5)
+
+
+def test_residual_projections_get_the_scaled_init():
+    m = Transformer(ModelArgs(dim=256, n_layers=8, n_heads=4, vocab_size=64))
+    scaled = 0.02 / math.sqrt(2 * 8)
+    for layer in m.layers:
+        assert abs(layer.attention.wo.weight.std().item() - scaled) < 0.1 * scaled
+        assert abs(layer.feed_forward.w2.weight.std().item() - scaled) < 0.1 * scaled
+        assert abs(layer.feed_forward.w3.weight.std().item() - 0.02) < 0.1 * 0.02
+        assert abs(layer.attention.wq.weight.std().item() - 0.02) < 0.1 * 0.02
+    assert m.output.weight is m.tok_embeddings.weight
+
+
+def test_losses_ignore_minus_one_targets():
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    masked = targets.clone()
+    masked[:, :3] = -1
+    assert torch.allclose(model.lm_loss(logits, masked), F.cross_entropy(logits[:, 3:].reshape(-1, 11),
+                                                                        targets[:, 3:].reshape(-1)))
+    lp = model.token_logprobs(logits, masked)
+    assert (lp[:, :3] == 0).all()
+    assert torch.allclose(lp[:, 3:], torch.log_softmax(logits, -1)[:, 3:].gather(-1, targets[:, 3:, None])[..., 0])
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]])
+    assert model.sample_next(logits, 0.0).item() == 1
+    g = torch.Generator().manual_seed(0)
+    assert {model.sample_next(logits, 1.0, top_k=1, generator=g).item() for _ in range(20)} == {1}
+    assert {model.sample_next(logits, 1.0, top_p=0.01, generator=g).item() for _ in range(20)} == {1}
+    assert {model.sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(100)} == {1, 3}
+
+
+def test_generate_stops_and_batches_by_length():
+    m = tiny().eval()
+    prompts = [[1, 2, 3], [4, 5], [1, 2, 3], [7]]
+    outs = model.generate_many(m, prompts, 6, temperature=0.0)
+    for p, o in zip(prompts, outs):  # batched greedy == one-by-one greedy
+        assert o == model.generate(m, torch.tensor([p]), 6, temperature=0.0)[0]
+    stop = outs[0][2]
+    cut = model.generate(m, torch.tensor([prompts[0]]), 6, temperature=0.0, stop_id=stop)[0]
+    assert cut == outs[0][:outs[0].index(stop) + 1]
+
+
+def test_checkpoint_roundtrip_and_errors(tmp_path):
+    m = tiny()
+    path = tmp_path / "c.pt"
+    model.save_checkpoint(str(path), m, "sft", step=7, args={"lr": 1.0})
+    m2, ck = model.load_checkpoint(str(path), stages=("sft",))
+    x = torch.randint(0, 64, (1, 8))
+    assert torch.equal(m(x), m2(x)) and ck["step"] == 7 and m2.output.weight is m2.tok_embeddings.weight
+    with pytest.raises(model.CheckpointError, match="'sft' checkpoint; expected base"):
+        model.load_checkpoint(str(path), stages=("base",))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(model.CheckpointError, match="not a readable"):
+        model.load_checkpoint(str(path))
+    with pytest.raises(model.CheckpointError, match="no checkpoint"):
+        model.load_checkpoint(str(tmp_path / "missing.pt"))

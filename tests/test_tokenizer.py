@@ -1,0 +1,61 @@
+"""tokenizer.py: exact round trips, special tokens, and the chat template's mask."""
+import pytest
+
+import tokenizer
+from tokenizer import render_chat
+
+TRICKY = ["", " ", "   three leading", "trailing   ", "a\tb\t\tc", "line\n\nbreaks\n", "\r\n windows",
+          "ünïcödé façade", "emoji 😀🎉 and 中文", "Q: Where does Anna live?\nA:", "12345 + 678 = 13023",
+          "<|user|>inside text<|end|>", "mixed \t \n  whitespace  \t"]
+
+
+def test_round_trip_is_exact(tok):
+    for s in TRICKY:
+        assert tok.decode(tok.encode(s)) == s
+
+
+def test_special_tokens_are_single_ids(tok):
+    for name in tokenizer.SPECIAL_TOKENS:
+        assert len(tok.encode(name)) == 1
+    assert tok.end_id not in (tok.bos_id, tok.eos_id, tok.unk_id)
+    assert len(set(tok.role_ids.values()) | {tok.end_id}) == 4
+
+
+def test_pieces_cover_the_vocabulary(tok):
+    pieces = tok.pieces()
+    assert len(pieces) == tok.vocab_size
+    kinds = [k for _, _, k in pieces]
+    assert kinds.count(tokenizer.BYTE) == 256 and kinds.count(tokenizer.USER_DEFINED) == 4
+
+
+def test_chat_mask_is_exactly_assistant_content_and_end(tok):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Where?"},
+            {"role": "assistant", "content": "In Dunmore."}]
+    ids, mask = render_chat(tok, msgs)
+    assert len(ids) == len(mask) and ids[0] == tok.bos_id
+    supervised = [i for i, m in zip(ids, mask) if m]
+    assert supervised == tok.encode("Hello!") + [tok.end_id] + tok.encode("In Dunmore.") + [tok.end_id]
+    expected = [tok.bos_id]
+    for m in msgs:
+        expected += [tok.role_ids[m["role"]]] + tok.encode(m["content"]) + [tok.end_id]
+    assert ids == expected
+    prompt, pmask = render_chat(tok, msgs[:2], add_generation_prompt=True)
+    assert prompt[-1] == tok.role_ids["assistant"] and not any(pmask)
+
+
+@pytest.mark.parametrize("msgs, why", [
+    ([], "non-empty"),
+    ([{"role": "bot", "content": "x"}], "unknown role"),
+    ([{"role": "assistant", "content": "x"}], "alternate"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+    ([{"role": "user", "content": 3}], "string 'content'"),
+])
+def test_bad_conversations_are_rejected(tok, msgs, why):
+    with pytest.raises(ValueError, match=why):
+        render_chat(tok, msgs)
+
+
+def test_too_small_vocab_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot train a 50-token vocabulary"):
+        tokenizer.train_tokenizer(["hello world"] * 10, str(tmp_path / "t"), 50)
