@@ -1,0 +1,484 @@
+"""export.py and run.py against their references: run.py's NumPy forward pass against model.py's (logits at
+every position, greedy ids, the KV cache), its pure-Python BPE against sentencepiece, its chat rendering
+against tokenizer.render_chat; every damaged blob gives one clear line; every stage exports and runs;
+llama2.c's format holds the same model.
+
+    python tests/test_export_run.py     # not a test: the stories15M-shape speed and memory benchmark
+"""
+import io
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export
+import model
+import run
+import tokenizer
+import world
+
+ROOT = Path(__file__).resolve().parent.parent
+TRICKY = ["", " ", "  ", "     five", "trailing   ", "\t", "a\tb\t\tc", "\n", "line\n\nbreaks\n", "\r\n windows",
+          "ünïcödé façade", "emoji 😀🎉 and 中文", "👩‍👩‍👧 family", "e\u0301 combining", "\x00 nul \x7f",
+          "Q: Where does Anna live?\nA:", "12345 + 678 = 13023", "<|user|>inside text<|end|>", "<|end|><|end|>",
+          "<|end", "|>", "<|assistant|>x<|system|>", "<s> </s> <unk> <0x41>", "\u2581 already escaped",
+          "mixed \t \n  whitespace  \t", "aaaaaaaaaaaaaaaaaaaaaaaa", "the the the the"]
+
+
+def tiny_model(vocab_size, seed=0, **kw):
+    """A random model whose weights are exactly representable in float16 (so the blob holds the very same
+    model) and large enough that logits are well separated (greedy decoding is not decided by rounding)."""
+    torch.manual_seed(seed)
+    args = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, max_seq_len=96)
+    net = model.Transformer(model.ModelArgs(**{**args, **kw})).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            else:
+                p.mul_(8.0 if "embeddings" in name or "output" in name else 3.0)
+            p.copy_(p.half().float())
+    return net
+
+
+def export_blob(tmp_path, net, tok, stage="base", name="model"):
+    """Checkpoint -> export.py's command line -> blob path."""
+    ckpt, tok_file = tmp_path / f"{name}.pt", tmp_path / "tok.model"
+    shutil.copy(tok.model_file, tok_file)
+    model.save_checkpoint(str(ckpt), net, stage=stage)
+    out = tmp_path / f"{name}.bin"
+    call_main(export, [str(ckpt), "--out", str(out)], ckpt_flag=True)
+    return out
+
+
+def call_main(module, argv, ckpt_flag=False):
+    argv = ["--ckpt", argv[0], *argv[1:]] if ckpt_flag else argv
+    old = sys.argv
+    sys.argv = [module.__name__ + ".py", *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, tok):
+    """{"tied"|"untied": (torch model, run.py Transformer, run.py Tokenizer, blob path)}"""
+    out = {}
+    for kind in ("tied", "untied"):
+        net = tiny_model(tok.vocab_size, tie_embeddings=kind == "tied")
+        path = export_blob(tmp_path_factory.mktemp(kind), net, tok)
+        header, weights = run.load_blob(str(path))
+        out[kind] = net, run.Transformer(header["model_args"], weights), run.Tokenizer(header["tokenizer"], header["chat"]), path
+    return out
+
+
+@pytest.fixture(params=["tied", "untied"])
+def pair(request, pairs):
+    return pairs[request.param]
+
+
+@pytest.fixture(scope="module")
+def rtok(pairs):
+    return pairs["tied"][2]
+
+
+# -- the forward pass ------------------------------------------------------------------------------------
+
+def test_logits_match_pytorch_at_every_position(pair):
+    net, rt, _, _ = pair
+    ids = torch.randint(0, net.args.vocab_size, (1, net.args.max_seq_len), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(ids)[0].numpy()
+    got = rt.forward(ids[0].tolist(), 0)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.abs(want).max() > 5  # the comparison is not between near-zero logits
+    assert np.abs(got - want).max() < 2e-3
+
+
+def test_kv_cache_chunks_equal_one_full_pass(pair):
+    _, rt, _, _ = pair
+    ids = list(range(5, 45))
+    full = rt.forward(ids, 0)
+    parts = [rt.forward(ids[:9], 0), rt.forward(ids[9:20], 9)] + [rt.forward([t], p) for p, t in enumerate(ids) if p >= 20]
+    assert np.abs(np.concatenate(parts) - full).max() < 1e-4
+    reuse = rt.forward(ids[15:], 15)  # restart mid-cache, as chat does when a turn's tokens differ
+    assert np.abs(reuse - full[15:]).max() < 1e-4
+    with pytest.raises(ValueError):
+        rt.forward([1, 2], rt.a["max_seq_len"] - 1)
+
+
+def test_greedy_generation_matches_pytorch(pair):
+    net, rt, rtok, _ = pair
+    prompt = [rtok.bos_id] + rtok.encode("Anna lives in")
+    want = model.generate(net, torch.tensor([prompt]), 64, temperature=0.0)[0]
+    got = list(run.generate(rt, prompt, 0, 64, lambda logits: int(logits.argmax())))
+    assert len(got) == 64 and got == want
+
+
+def test_sampling_filters_and_seed():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    rng = np.random.default_rng(0)
+    draw = lambda **kw: [run.sample_next(logits, kw.get("t", 1.0), kw.get("k", 0), kw.get("p", 1.0), rng)  # noqa: E731
+                         for _ in range(2000)]
+    assert set(draw(t=0)) == {0}
+    assert set(draw(k=1)) == {0} and set(draw(p=0.4)) == {0}
+    assert set(draw(p=0.7)) == {0, 1} and set(draw(k=3)) == {0, 1, 2}
+    counts = np.bincount(draw(), minlength=4) / 2000
+    assert np.abs(counts - [0.5, 0.3, 0.15, 0.05]).max() < 0.04
+    big = np.random.default_rng(1).normal(size=5000).astype(np.float32)  # the nucleus shortcut vs a full sort
+    probs = np.exp(big - big.max()) / np.exp(big - big.max()).sum()
+    order = np.argsort(-probs)
+    nucleus = set(order[:np.searchsorted(np.cumsum(probs[order]), 0.9) + 1].tolist())
+    got = {run.sample_next(big, 1.0, 0, 0.9, rng) for _ in range(3000)}
+    assert got <= nucleus and len(got) > len(nucleus) // 2
+    a = [run.sample_next(big, 0.8, 0, 0.9, np.random.default_rng(7)) for _ in range(3)]
+    assert a == [run.sample_next(big, 0.8, 0, 0.9, np.random.default_rng(7)) for _ in range(3)]
+
+
+# -- the tokenizer and the chat template -----------------------------------------------------------------
+
+def test_encoder_matches_sentencepiece_on_the_world_corpus(tok, rtok, tiny_world):
+    train, val = world.pretrain_docs(tiny_world)
+    for doc in train + val:
+        assert rtok.encode(doc) == tok.encode(doc), doc[:80]
+    big, _ = world.pretrain_docs(world.make_world())  # the default world: another 2000+ documents
+    sample = random.Random(0).sample(big, 300)
+    assert [rtok.encode(d) for d in sample] == tok.encode_batch(sample)
+
+
+def test_encoder_and_decoder_on_tricky_strings(tok, rtok):
+    rng = random.Random(0)
+    alphabet = "ab \t\n▁<|>end😀é中" + "".join(chr(c) for c in range(0x20, 0x7f))
+    randoms = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+    # equal scores: "lll" can merge as "ll"+"l" or "l"+"ll"; sentencepiece takes the leftmost pair
+    doubled = [p.replace("\u2581", " ") * 3 for p, _, k in tok.pieces() if k == tokenizer.NORMAL and len(p) == 1]
+    for s in TRICKY + randoms + doubled:
+        ids = tok.encode(s)
+        assert rtok.encode(s) == ids, repr(s)
+        assert rtok.decode(ids) == tok.decode(ids), repr(s)
+    assert rtok.encode("<|end|>") == [tok.end_id] and rtok.encode("") == []
+
+
+def test_chat_rendering_equals_render_chat(tok, rtok, tiny_world):
+    conversations = world.sft_conversations(tiny_world)[:40]
+    conversations.append([{"role": "system", "content": "Be brief. <|end|> is a token"},
+                          {"role": "user", "content": "  two  spaces\tand a tab 😀"}])
+    for messages in conversations:
+        for prompt in (False, True):
+            assert run.render_chat(rtok, messages, prompt) == tokenizer.render_chat(tok, messages, prompt)[0]
+
+
+class Recording(run.Transformer):
+    """run.Transformer that keeps the token sequence its KV cache holds, as fed."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.seq, self.calls = [], []
+
+    def features(self, tokens, start_pos):
+        self.seq[start_pos:] = list(tokens)
+        self.calls.append((start_pos, list(tokens)))
+        return super().features(tokens, start_pos)
+
+
+def chat_session(pair, tok, lines, monkeypatch, **kw):
+    _, rt, rtok, path = pair
+    header, weights = run.load_blob(str(path))
+    header["model_args"].update(kw.pop("model_args", {}))
+    rec = Recording(header["model_args"], weights)
+    args = argparse_defaults(**kw)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    greedy = lambda logits: int(logits.argmax())  # noqa: E731
+    return rec, run.chat(rec, rtok, args, greedy, run.Stats())
+
+
+def argparse_defaults(**kw):
+    return type("Args", (), {**dict(prompt=None, system=None, max_new_tokens=12), **kw})
+
+
+def test_chat_feeds_exactly_the_rendered_conversation(pair, tok, monkeypatch, capsys):
+    rec, messages = chat_session(pair, tok, ["Where does Anna live?", "", "And her mother?"], monkeypatch,
+                                 system="Answer in one sentence.")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+    first = tokenizer.render_chat(tok, messages[:2], add_generation_prompt=True)[0]
+    assert rec.calls[0] == (0, first)  # turn one: the whole rendered prompt in one prefill
+    last = tokenizer.render_chat(tok, messages[:4], add_generation_prompt=True)[0]
+    assert rec.seq[:len(last)] == last  # turn two: the cache holds exactly the re-rendered conversation
+    assert 0 < rec.calls[len(rec.calls) // 2][0]  # ... and turn two reused the cache instead of starting over
+    assert len(capsys.readouterr().out.splitlines()) >= 2
+
+
+def test_chat_longer_than_the_context_drops_old_turns_never_crashes(pair, tok, monkeypatch, capsys):
+    lines = ["tell me about Anna and her town " * 3, "and Ben?", "x " * 200, "and who is Clara?"]
+    rec, messages = chat_session(pair, tok, lines, monkeypatch, model_args={"max_seq_len": 48})
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "dropped" in err
+    assert messages[-2]["content"] == "and who is Clara?" and len(rec.seq) <= 48
+
+
+def test_completion_of_a_prompt_longer_than_the_context(pair, monkeypatch, capsys):
+    _, rt, rtok, _ = pair
+    run.complete(rt, rtok, "Anna lives in Dunmore. " * 80, argparse_defaults(max_new_tokens=5),
+                 lambda logits: int(logits.argmax()), run.Stats())
+    assert "keeping its last" in capsys.readouterr().err
+
+
+# -- damaged and foreign files ---------------------------------------------------------------------------
+
+SHIFT = 4096
+
+
+def rewrite(blob, change):
+    """The blob with its header edited by change(header); the tensors move SHIFT bytes on (offsets updated
+    first) so a longer header still fits."""
+    n = struct.unpack("<I", blob[12:16])[0]
+    header = json.loads(blob[16:16 + n])
+    start = min(e["offset"] for e in header["tensors"])
+    for e in header["tensors"]:
+        e["offset"] += SHIFT
+    change(header)
+    text = json.dumps(header).encode()
+    assert 16 + len(text) <= start + SHIFT
+    return blob[:12] + struct.pack("<I", len(text)) + text + bytes(start + SHIFT - 16 - len(text)) + blob[start:]
+
+
+def edit(path, value):
+    """A setter for rewrite: edit(["model_args", "dim"], 5) sets header["model_args"]["dim"] = 5."""
+    def change(h):
+        for key in path[:-1]:
+            h = h[key]
+        h[path[-1]] = value
+    return change
+
+
+CORRUPTIONS = {
+    "empty": lambda b: b"",
+    "magic only": lambda b: b[:8],
+    "flipped magic": lambda b: bytes([b[0] ^ 0xFF]) + b[1:],
+    "newer version": lambda b: b[:8] + struct.pack("<I", 2) + b[12:],
+    "version zero": lambda b: b[:8] + struct.pack("<I", 0) + b[12:],
+    "huge header length": lambda b: b[:12] + struct.pack("<I", 2**32 - 1) + b[16:],
+    "truncated header": lambda b: b[:200],
+    "truncated weights": lambda b: b[:len(b) // 2],
+    "last bytes missing": lambda b: b[:-200],
+    "garbage header": lambda b: b[:16] + b"{\xff" + b[18:],
+    "header not an object": lambda b: rewrite(b, lambda h: h.clear()),
+    "huge dim": lambda b: rewrite(b, edit(["model_args", "dim"], 2**40)),
+    "huge n_layers": lambda b: rewrite(b, edit(["model_args", "n_layers"], 10**12)),
+    "huge max_seq_len": lambda b: rewrite(b, edit(["model_args", "max_seq_len"], 10**12)),
+    "negative vocab": lambda b: rewrite(b, edit(["model_args", "vocab_size"], -5)),
+    "float dim": lambda b: rewrite(b, edit(["model_args", "dim"], 64.5)),
+    "huge consistent vocab": lambda b: rewrite(b, lambda h: (edit(["model_args", "vocab_size"], 10**9)(h),
+                                                             edit(["tensors", 0, "shape"], [10**9, 64])(h))),
+    "offset past the end": lambda b: rewrite(b, edit(["tensors", -1, "offset"], 64 * 10**9)),
+    "misaligned offset": lambda b: rewrite(b, lambda h: h["tensors"][3].update(offset=h["tensors"][3]["offset"] + 2)),
+    "offset into header": lambda b: rewrite(b, edit(["tensors", 2, "offset"], 0)),
+    "missing tensor": lambda b: rewrite(b, lambda h: h["tensors"].pop()),
+    "duplicate tensor": lambda b: rewrite(b, lambda h: h["tensors"].__setitem__(1, h["tensors"][2])),
+    "wrong shape": lambda b: rewrite(b, edit(["tensors", 1, "shape"], [3, 3])),
+    "float32 dtype": lambda b: rewrite(b, edit(["tensors", 1, "dtype"], "float32")),
+    "pieces short": lambda b: rewrite(b, lambda h: h["tokenizer"]["pieces"].pop()),
+    "bos out of range": lambda b: rewrite(b, edit(["tokenizer", "bos_id"], 10**6)),
+    "no role ids": lambda b: rewrite(b, edit(["chat", "role_ids"], None)),
+    "random bytes": lambda b: random.Random(0).randbytes(5000),
+    "random after magic": lambda b: b[:8] + random.Random(1).randbytes(5000),
+}
+
+
+@pytest.fixture(scope="module")
+def blob_bytes(pairs):
+    return pairs["tied"][3].read_bytes()
+
+
+def test_rewrite_helper_keeps_a_valid_blob(blob_bytes, tmp_path):
+    path = tmp_path / "same.bin"
+    path.write_bytes(rewrite(blob_bytes, lambda h: None))
+    run.load_blob(str(path))
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_damaged_blob_gives_one_clear_line(name, blob_bytes, tmp_path):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(CORRUPTIONS[name](blob_bytes))
+    with pytest.raises(SystemExit) as e:
+        call_main(run, [str(path), "--max-new-tokens", "1"])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and len(message) < 300, message
+    if name == "newer version":
+        assert "newer" in message
+    if name in ("truncated weights", "last bytes missing", "offset past the end", "huge consistent vocab"):
+        assert "past the end" in message
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "directory", "missing", "truncated"])
+def test_foreign_files_exit_1_without_traceback(what, pairs, blob_bytes, tmp_path):
+    path = {"checkpoint": tmp_path / "base.pt", "directory": tmp_path, "missing": tmp_path / "nope.bin",
+            "truncated": tmp_path / "cut.bin"}[what]
+    if what == "truncated":
+        path.write_bytes(blob_bytes[:-100])
+    if what == "checkpoint":
+        model.save_checkpoint(str(path), pairs["tied"][0], stage="base")
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# -- every stage exports and runs; formats -----------------------------------------------------------------
+
+def test_every_stage_exports_and_runs_standalone(tok, tmp_path):
+    outs = {}
+    for i, stage in enumerate(["base", "sft", "rlhf"]):
+        net = tiny_model(tok.vocab_size, seed=i)
+        path = export_blob(tmp_path, net, tok, stage=stage, name=stage)
+        header, _ = run.load_blob(str(path))
+        assert header["stage"] == stage
+        outs[stage] = (net, path)
+    # run.py copied alone next to the blob, with the project out of reach (-I: no script dir, no PYTHONPATH)
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    shutil.copy(ROOT / "run.py", alone / "run.py")
+    for stage, (net, path) in outs.items():
+        shutil.copy(path, alone / "m.bin")
+        prompt = "Where does Anna live?" if stage == "base" else None
+        ids = [tok.bos_id] + tok.encode(prompt or "")
+        if stage == "base":
+            new = model.generate(net, torch.tensor([ids]), 20, temperature=0.0, stop_id=tok.eos_id)[0]
+            cmd, want = [prompt], tok.decode(ids + new) + "\n"
+        else:  # chat over a pipe: one user turn per line, EOF ends
+            msgs = [{"role": "user", "content": "Hi there"}]
+            chat_ids = tokenizer.render_chat(tok, msgs, add_generation_prompt=True)[0]
+            new = model.generate(net, torch.tensor([chat_ids]), 20, temperature=0.0, stop_id=tok.end_id)[0]
+            cmd, want = ["--chat"], tok.decode([t for t in new if t != tok.end_id]) + "\n"
+        r = subprocess.run([sys.executable, "-I", "run.py", "m.bin", *cmd, "--temperature", "0", "--max-new-tokens", "20"],
+                           cwd=alone, input="Hi there\n", capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == want and "tok/s" in r.stderr
+
+
+def test_export_defaults_refusals_and_gguf(tok, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    shutil.copy(tok.model_file, tmp_path / "out" / "tok.model")
+    net = tiny_model(tok.vocab_size)
+    model.save_checkpoint("out/base.pt", net, stage="base")
+    model.save_checkpoint("out/sft.pt", net, stage="sft")
+    call_main(export, [])
+    assert run.load_blob("out/model.bin")[0]["stage"] == "sft"  # the latest stage wins
+    rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
+    model.save_checkpoint("out/rm.pt", rm, stage="rm")
+    for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),
+                        (["--ckpt", "out/tok.model"], "not a readable")]:
+        with pytest.raises(SystemExit) as e:
+            call_main(export, argv)
+        assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
+    other = tiny_model(tok.vocab_size + 1)
+    model.save_checkpoint("out/other.pt", other, stage="base")
+    with pytest.raises(SystemExit) as e:
+        call_main(export, ["--ckpt", "out/other.pt"])
+    assert "vocab" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        call_main(export, ["--format", "gguf"])
+    assert e.value.code == 2 and "not implemented yet (issue 7)" in capsys.readouterr().err
+
+
+def read_llama2c(path, tok_path):
+    """Parse llama2.c's legacy .bin and tokenizer.bin the way run.c reads them."""
+    raw = Path(path).read_bytes()
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", raw[:28])
+    f = np.frombuffer(raw, "<f4", offset=28)
+    shared, vocab, hs = vocab > 0, abs(vocab), dim // n_heads
+    sizes = [("tok_embeddings", vocab * dim), ("attention_norm", n_layers * dim), ("wq", n_layers * dim * dim),
+             ("wk", n_layers * dim * n_kv * hs), ("wv", n_layers * dim * n_kv * hs), ("wo", n_layers * dim * dim),
+             ("ffn_norm", n_layers * dim), ("w1", n_layers * dim * hidden), ("w2", n_layers * hidden * dim),
+             ("w3", n_layers * hidden * dim), ("norm", dim), ("cos", seq_len * hs // 2), ("sin", seq_len * hs // 2)]
+    sizes += [] if shared else [("output", vocab * dim)]
+    parts, at = {}, 0
+    for name, n in sizes:
+        parts[name], at = f[at:at + n], at + n
+    assert at == len(f)  # nothing missing, nothing left over
+    t = Path(tok_path).read_bytes()
+    pieces, at = [], 4
+    for _ in range(vocab):
+        score, n = struct.unpack("<fi", t[at:at + 8])
+        pieces.append(t[at + 8:at + 8 + n].decode())
+        at += 8 + n
+    assert at == len(t) and struct.unpack("<i", t[:4])[0] == max(len(p.encode()) for p in pieces)
+    return (dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len, shared), parts, pieces
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama2c_export_holds_the_same_model(tied, tok, tmp_path):
+    net = tiny_model(tok.vocab_size, tie_embeddings=tied)
+    model.save_checkpoint(str(tmp_path / "base.pt"), net, stage="base")
+    shutil.copy(tok.model_file, tmp_path / "tok.model")
+    call_main(export, [str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "l.bin")], ckpt_flag=True)
+    cfg, parts, pieces = read_llama2c(tmp_path / "l.bin", tmp_path / "tokenizer.bin")
+    a = net.args
+    assert cfg == (a.dim, a.hidden_dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.max_seq_len, tied)
+    # run.c's conventions: <unk> <s> </s> at 0 1 2, byte b at 3 + b, spaces as spaces
+    assert pieces[1] == "\n<s>\n" and pieces[2] == "\n</s>\n"
+    assert all(pieces[3 + b] == f"<0x{b:02X}>" for b in range(256)) and " " in pieces
+    # the weights, un-flattened into model.py's names, run through run.py's forward pass in the new id order
+    L, C = a.n_layers, a.dim
+    w = {"tok_embeddings.weight": parts["tok_embeddings"].reshape(-1, C), "norm.weight": parts["norm"]}
+    for name, key in [("attention_norm", "attention_norm"), ("wq", "attention.wq"), ("wk", "attention.wk"),
+                      ("wv", "attention.wv"), ("wo", "attention.wo"), ("ffn_norm", "ffn_norm"),
+                      ("w1", "feed_forward.w1"), ("w2", "feed_forward.w2"), ("w3", "feed_forward.w3")]:
+        per_layer = parts[name].reshape(L, -1)
+        for i in range(L):
+            w[f"layers.{i}.{key}.weight"] = per_layer[i].reshape(net.state_dict()[f"layers.{i}.{key}.weight"].shape)
+    if not tied:
+        w["output.weight"] = parts["output"].reshape(-1, C)
+    rt = run.Transformer(dict(vars(a)), w)
+    old_of_new = export.llama2c_order(tok)
+    new_of_old = np.argsort(old_of_new)
+    ids = torch.randint(0, a.vocab_size, (1, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = net(ids)[0].numpy()
+    got = rt.forward(new_of_old[ids[0].numpy()].tolist(), 0)
+    assert np.abs(got[:, new_of_old] - want).max() < 1e-3
+    assert all(pieces[new_of_old[i]].replace(" ", "\u2581") == p for i, (p, _, k) in enumerate(tok.pieces())
+               if k in (tokenizer.NORMAL, tokenizer.USER_DEFINED))
+
+
+# -- the benchmark (run by hand: python tests/test_export_run.py) ------------------------------------------
+
+def benchmark(directory="/tmp/twofiles_bench"):
+    """A random model of llama2.c's stories15M shape, exported, then `run.py --bench` with 1 and 2 BLAS threads
+    (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset for that command only) and its peak RSS."""
+    import types
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "stories15m_shape.bin")
+    if not os.path.exists(path):
+        train, _ = world.pretrain_docs(world.make_world(n_people=12))
+        tok = tokenizer.train_tokenizer(train, os.path.join(directory, "tok"), vocab_size=512)
+        pieces = tok.pieces() + [(f"x{i}", -1e3 - i, tokenizer.NORMAL) for i in range(32000 - tok.vocab_size)]
+        fake = types.SimpleNamespace(pieces=lambda: pieces, unk_id=tok.unk_id, bos_id=tok.bos_id,
+                                     eos_id=tok.eos_id, role_ids=tok.role_ids, end_id=tok.end_id)
+        torch.manual_seed(0)
+        net = model.Transformer(model.ModelArgs(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000,
+                                                max_seq_len=256))
+        export.write_blob(path, net, "base", 0, fake)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    size = os.path.getsize(path)
+    for threads in (1, 2):
+        cmd = [sys.executable, "-c", "import resource, runpy, sys; sys.argv = sys.argv[1:]; "
+               "exec('try: runpy.run_path(sys.argv[0], run_name=\"__main__\")\\nfinally: print(f\"peak RSS "
+               "{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\")')",
+               str(ROOT / "run.py"), path, "--bench", "--threads", str(threads)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        print(r.stdout.strip().replace("\n", " | "), r.stderr.strip())
+    print(f"blob {size / 1e6:.1f} MB; RSS budget 2.5 x blob + 60 MB = {2.5 * size / 2**20 + 60:.0f} MB")
+
+
+if __name__ == "__main__":
+    benchmark()
