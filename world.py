@@ -34,12 +34,27 @@ from dataclasses import dataclass
 # No candidate value may be a word of a name or of the fixed text around it, or grading breaks;
 # make_world checks the names, the tests check the fixed sentences.
 
-FIRST_NAMES = (
-    "Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben",
-    "Emma", "Leo", "Julia", "Max", "Sara", "Oscar", "Ella", "Hugo", "Ida", "Felix",
-    "Alice", "Peter", "Rosa", "Daniel", "Helen", "Victor", "Laura", "Martin", "Irene", "Simon",
-    "Greta", "Oliver", "Mia", "Carl", "Eva", "Adam", "Lucy", "Henry", "Vera", "Noah",
-    "Ruth", "Frank", "Sofia", "Kevin", "Alma", "David", "Lily", "Jonas", "Hannah", "Erik",
+FIRST_NAMES = (  # every person has a first name of their own, see make_world
+    "Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo", "Julia",
+    "Max", "Sara", "Oscar", "Ella", "Hugo", "Ida", "Felix", "Alice", "Peter", "Rosa", "Daniel", "Helen",
+    "Victor", "Laura", "Martin", "Irene", "Simon", "Greta", "Oliver", "Mia", "Carl", "Eva", "Adam", "Lucy",
+    "Henry", "Vera", "Noah", "Ruth", "Frank", "Sofia", "Kevin", "Alma", "David", "Lily", "Jonas", "Hannah",
+    "Erik", "Aaron", "Abel", "Alan", "Albert", "Alex", "Alfred", "Amy", "Andrew", "Angela", "Anton", "Arthur",
+    "August", "Barbara", "Basil", "Beatrice", "Benny", "Bernard", "Bianca", "Boris", "Brian", "Bruno",
+    "Caleb", "Camilla", "Caroline", "Cecil", "Celia", "Charles", "Chloe", "Christian", "Claude", "Colin",
+    "Conrad", "Cynthia", "Dennis", "Derek", "Dominic", "Donald", "Dora", "Douglas", "Duncan", "Dylan",
+    "Eddie", "Edgar", "Edmund", "Edward", "Elena", "Eli", "Elias", "Eliza", "Ellen", "Emil", "Eric", "Ernest",
+    "Esther", "Ethan", "Eugene", "Evelyn", "Ezra", "Fabian", "Felicia", "Fred", "Gabriel", "George", "Gerald",
+    "Gilbert", "Gordon", "Harold", "Harvey", "Heidi", "Howard", "Ian", "Igor", "Ingrid", "Isaac", "Ivan",
+    "Jacob", "James", "Jane", "Jasper", "Jeremy", "Jerome", "Joel", "John", "Joseph", "Joshua", "Judith",
+    "Julian", "Justin", "Karl", "Kate", "Keith", "Kurt", "Lars", "Lawrence", "Leon", "Leonard", "Lewis",
+    "Liam", "Lionel", "Lisa", "Louis", "Lucas", "Luke", "Malcolm", "Marcus", "Marek", "Marion", "Mark",
+    "Marta", "Matthew", "Maurice", "Melvin", "Michael", "Miles", "Milo", "Molly", "Monica", "Morris",
+    "Nathan", "Neil", "Nelson", "Nick", "Nina", "Norman", "Olga", "Otto", "Owen", "Patrick", "Philip",
+    "Quentin", "Rachel", "Ralph", "Raymond", "Rebecca", "Richard", "Robert", "Roger", "Roland", "Ronald",
+    "Rupert", "Russell", "Ryan", "Samuel", "Sandra", "Sean", "Sebastian", "Sergio", "Sharon", "Sheila",
+    "Sidney", "Silvia", "Stella", "Stephen", "Steven", "Stuart", "Sylvia", "Theo", "Thomas", "Tobias",
+    "Trevor", "Valentin", "Walter", "Warren", "Wesley", "William", "Xavier", "Yusuf", "Zachary", "Zoe",
 )
 # Mothers come from an older generation with its own first names, so a mother is never a person.
 MOTHER_FIRST_NAMES = (
@@ -165,13 +180,16 @@ class World:
 
 def make_world(n_people=200, seed=1337):
     """Draw n_people people with unique names, their facts, and the SFT / pretrain-only split."""
-    assert 2 <= n_people <= len(FIRST_NAMES) * len(LAST_NAMES) // 2, "n_people out of range"
+    assert 2 <= n_people <= len(FIRST_NAMES), f"n_people must be in 2..{len(FIRST_NAMES)}"
     assert n_people <= len(MOTHER_FIRST_NAMES) * len(LAST_NAMES), "not enough mother names"
     values = {v.lower() for v in TOWNS + JOBS + PETS + COLORS}
     assert not values & {w.lower() for w in FIRST_NAMES + MOTHER_FIRST_NAMES + LAST_NAMES}
+    assert not set(FIRST_NAMES) & set(MOTHER_FIRST_NAMES)
     rng = random.Random(f"world-{seed}")
-    # sample without replacement from the full name grids: unique names by construction
-    names = rng.sample([f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES], n_people)
+    # Every person gets a first name of their own (last names repeat). With shared first names a 0.9M
+    # model confused people: of 179 wrong recalls, 110 gave the fact of another person with the same first
+    # name. Real names collide; a model that must learn 1000 facts in minutes on a CPU is spared that.
+    names = [f"{f} {rng.choice(LAST_NAMES)}" for f in rng.sample(FIRST_NAMES, n_people)]
     mothers = rng.sample([f"{f} {l}" for f in MOTHER_FIRST_NAMES for l in LAST_NAMES], n_people)
     people = tuple(Person(name=name, town=rng.choice(TOWNS), job=rng.choice(JOBS), pet=rng.choice(PETS),
                           color=rng.choice(COLORS), mother=mother) for name, mother in zip(names, mothers))

@@ -40,10 +40,11 @@ def test_determinism_and_seed_sensitivity():
 
 
 def test_names_unique_and_split():
-    world = W.make_world(400, seed=3)
+    world = W.make_world(len(W.FIRST_NAMES), seed=3)
     names = [p.name for p in world.people]
     mothers = [p.mother for p in world.people]
-    assert len(set(names)) == len(names) == 400
+    assert len(set(names)) == len(names) == len(W.FIRST_NAMES)
+    assert len({n.split()[0] for n in names}) == len(names)  # first names are unique too
     assert len(set(mothers)) == len(mothers)
     assert not set(names) & set(mothers)
     sft = {p.name for p in world.sft_people}

@@ -1,0 +1,183 @@
+"""
+What the three training scripts (train.py, sft.py, rlhf.py) share, so none of them copies it: device and
+precision, torchrun/DDP set-up, the learning-rate schedule, the one-line step log, and the report card
+(out/report.md + out/report.json) that every stage writes its exam into.
+
+Not a framework: plain functions, each used by at least two scripts.
+"""
+import contextlib
+import ctypes
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from model import generate_many
+from tokenizer import render_chat
+
+STAGE_ORDER = ["pretrain", "sft", "rm", "rlhf", "runtime", "arena"]
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory instead of returning it to the OS. PyTorch on CPU has no caching
+    allocator: every step frees and re-allocates the same big activations (the 2048 x 32000 logits of the
+    15M shape are 262 MB), and glibc serves blocks that large with fresh mmaps that page-fault on first
+    touch. Measured at llama2.c's 15M shape on 2 cores: 744 -> 1231 tokens/s. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve big blocks from the heap, which is reused
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: do not give the heap's top back after each step
+    except (OSError, AttributeError):
+        pass
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast(device, dtype):
+    """bf16/fp16 autocast on GPUs (matmuls in half precision, weights and optimizer state in fp32);
+    plain fp32 elsewhere. dtype is 'float32', 'bfloat16' or 'float16'."""
+    if dtype == "float32" or not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+
+
+class Dist:
+    """This process's place under torchrun (RANK/WORLD_SIZE in the environment), or a single process."""
+
+    def __init__(self, device):
+        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = device
+        if self.enabled:
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend=backend)
+            if device.startswith("cuda"):
+                self.device = f"cuda:{self.local_rank}"
+                torch.cuda.set_device(self.device)
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, value):
+        """The mean of a float over all processes (every process gets it)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def close(self):
+        if self.enabled:
+            dist.destroy_process_group()
+
+
+def lr_at(step, max_steps, lr, warmup, min_lr):
+    """Linear warmup for `warmup` steps, then cosine decay to min_lr at max_steps (GPT-3, Chinchilla)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def step_line(step, max_steps, loss, lr, dt, tokens, extra=""):
+    """The one step-log format of every training script."""
+    tok_s = tokens / max(dt, 1e-9)
+    return (f"step {step}/{max_steps} | loss {loss:.3f} | lr {lr:.1e} | {dt * 1000:.0f} ms | "
+            f"{tok_s / 1000:.1f}k tok/s{extra}")
+
+
+def fail(message):
+    """The one way a script stops on bad input: one readable line on stderr, exit status 1."""
+    sys.exit(f"error: {message}")
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.time()
+
+    def __call__(self):
+        return time.time() - self.start
+
+
+SECTION = "<!-- stage: {} -->"
+
+
+def update_report(out_dir, stage, metrics, markdown):
+    """Replace `stage`'s section of out/report.md and its entry in out/report.json, never duplicating it.
+    report.json is {stage: {metric: value}}; report.md keeps one section per stage, in pipeline order,
+    each opened by an HTML comment naming its stage (invisible when rendered)."""
+    os.makedirs(out_dir, exist_ok=True)
+    report = read_report(out_dir)
+    report[stage] = metrics
+    _atomic_write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1) + "\n")
+    sections = _read_sections(os.path.join(out_dir, "report.md"))
+    sections[stage] = markdown.strip()
+    order = sorted(sections, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+    text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
+    _atomic_write(os.path.join(out_dir, "report.md"), text + "\n")
+
+
+def _read_sections(md_path):
+    sections, current = {}, None
+    if os.path.exists(md_path):
+        with open(md_path) as f:
+            for line in f.read().splitlines():
+                if line.startswith("<!-- stage: ") and line.endswith(" -->"):
+                    current = line[len("<!-- stage: "):-len(" -->")]
+                    sections[current] = []
+                elif current is not None:
+                    sections[current].append(line)
+    return {s: "\n".join(lines).strip() for s, lines in sections.items()}
+
+
+def read_report(out_dir):
+    """{stage: {metric: value}} from out/report.json ({} when there is none yet)."""
+    path = os.path.join(out_dir, "report.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def md_table(header, rows):
+    """A markdown table from a header list and rows of cells."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("\n", "\\n").replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def chat_answers(model, tok, questions, max_new_tokens=48, temperature=0.0, top_p=None, generator=None):
+    """The model's answer to each question asked as a one-turn chat: (ids, text, ended) per question, where
+    ids are the sampled tokens (with <|end|> when the model ended its turn), text is their decoding without
+    it, and ended tells whether it did."""
+    prompts = [render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)[0] for q in questions]
+    outs = generate_many(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p,
+                         stop_id=tok.end_id, generator=generator)
+    return [(o, tok.decode([t for t in o if t != tok.end_id]).strip(), bool(o) and o[-1] == tok.end_id)
+            for o in outs]

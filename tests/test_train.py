@@ -1,0 +1,107 @@
+"""train.py on a tiny world: the loss falls, a stopped run resumes bit-exactly, two gloo processes equal
+one process, bad input is one clear line and never destroys a checkpoint."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--world-people", "12", "--world-seed", "7", "--dim", "32", "--n-layers", "2", "--n-heads", "4",
+        "--n-kv-heads", "2", "--vocab-size", "600", "--seq-len", "64", "--batch-size", "4", "--warmup", "2",
+        "--eval-batches", "2", "--log-interval", "1", "--exam-items", "8"]
+
+
+def run(out_dir, *extra):
+    train.main(["--out-dir", str(out_dir), *TINY, *extra])
+
+
+def losses(text):
+    return [float(x) for x in re.findall(r"\| loss ([0-9.]+) \|", text)]
+
+
+def test_loss_falls_and_report_is_written(tmp_path, capsys):
+    run(tmp_path, "--max-steps", "30", "--lr", "3e-3", "--eval-interval", "30")
+    ls = losses(capsys.readouterr().out)
+    assert len(ls) == 30 and ls[-1] < ls[0] - 1.0
+    report = json.load(open(tmp_path / "report.json"))["pretrain"]
+    assert {"val_loss", "fact_recall", "qa_framed", "wall_s"} <= set(report)
+    assert 0 <= report["fact_recall"] <= 1 and report["val_loss"] < 6.4
+    assert "## Pretraining" in open(tmp_path / "report.md").read()
+
+
+def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    run(full, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0")
+    os.makedirs(stopped)
+    for f in ("data.json", "tok.model", "train.bin", "val.bin"):  # same prepared data for both runs
+        shutil.copy(full / f, stopped / f)
+    real_get_batch, calls = train.get_batch, []
+
+    def interrupted(*a, **k):  # Ctrl-C while drawing step 5's batch: calls 1-3 are steps 1-3,
+        calls.append(1)         # 4-5 the val loss at step 3, 6 is step 4, 7 is step 5
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_get_batch(*a, **k)
+
+    monkeypatch.setattr(train, "get_batch", interrupted)
+    with pytest.raises(SystemExit) as e:
+        run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0")
+    assert e.value.code == 130 and torch.load(stopped / "base.pt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(train, "get_batch", real_get_batch)
+    run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0", "--resume")
+    a = torch.load(full / "base.pt", weights_only=True)["model"]
+    b = torch.load(stopped / "base.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    args = [*TINY, "--max-steps", "3", "--grad-accum", "2", "--eval-interval", "3", "--exam-items", "0",
+            "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, *args[len(TINY):])
+    os.makedirs(two)
+    for f in ("data.json", "tok.model", "train.bin", "val.bin"):
+        shutil.copy(one / f, two / f)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "train.py"), "--out-dir", str(two), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es)" in proc.stdout
+    a = torch.load(one / "base.pt", weights_only=True)["model"]
+    b = torch.load(two / "base.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("data, why", [
+    ("missing.txt", "does not exist"), ("empty.txt", "holds no text"), ("bad.json", "expected a JSON list"),
+    ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2:"),
+])
+def test_bad_data_is_one_clear_line(tmp_path, capsys, data, why):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
+    os.makedirs(tmp_path / "emptydir")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "out", "--data", str(tmp_path / data))
+    assert str(e.value).startswith("error: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path):
+    (tmp_path / "t.txt").write_text("hello world, a small text\n" * 50)
+    with pytest.raises(SystemExit, match="cannot train a 40-token vocabulary"):
+        run(tmp_path / "out", "--data", str(tmp_path / "t.txt"), "--vocab-size", "40")
+    out = tmp_path / "w"
+    run(out, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0")
+    good = (out / "base.pt").read_bytes()
+    (out / "sft.pt").write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match="not a readable twofiles checkpoint"):
+        run(out, "--max-steps", "4", "--init", str(out / "sft.pt"))
+    assert (out / "base.pt").read_bytes() == good

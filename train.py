@@ -1,0 +1,394 @@
+"""
+Stage 1, pretraining: an "internet document generator" (seed 002) learned by next-token prediction.
+
+Reads documents (the built-in world by default, or --data), trains a sentencepiece BPE tokenizer on them,
+tokenizes everything once into uint16 memmaps, then trains the Transformer of model.py to predict each
+next token. At the end the exam: validation loss, fact recall by completion ("Anna Ward lives in" ->
+"Clearwater": knowledge compressed into the weights), questions answered with the "Q: ... A:" framing
+of seed 001, and a few "dreamed" documents. Results go to out/report.md and out/report.json.
+
+Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, out/val.bin, out/base.pt
+    python train.py                                        # built-in world, a few minutes on 2 CPU cores
+    python train.py --resume                               # continue exactly where a stopped run was
+    python train.py --data TinyStories/ --preset stories15m --device cuda --dtype bfloat16 --compile
+    torchrun --standalone --nproc_per_node 2 train.py      # data parallel over 2 processes (or GPUs)
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+import world as world_lib
+from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
+                   load_checkpoint, lm_loss, save_checkpoint, unwrap)
+from tokenizer import Tokenizer, train_tokenizer
+
+# Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
+# explicitly on the command line override a preset's values.
+PRESETS = {
+    "world": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=1024, seq_len=256,
+                  batch_size=16, grad_accum=1, lr=2e-3, max_steps=600, warmup=60),
+    "stories260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512,
+                        batch_size=8, grad_accum=1, lr=5e-4, max_steps=100_000, warmup=1000),
+    "stories15m": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256,
+                       batch_size=8, grad_accum=4, lr=5e-4, max_steps=100_000, warmup=1000),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def read_documents(path):
+    """Documents from a text file, a directory of them, TinyStories json shards (a list of {"story": ...}),
+    jsonl ({"text"} or {"story"} per line), or TinyStories txt (stories separated by <|endoftext|>)."""
+    if not os.path.exists(path):
+        raise ValueError(f"--data {path} does not exist")
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl"))) if os.path.isdir(path) else [path]
+    if not files:
+        raise ValueError(f"--data {path} has no .txt, .json or .jsonl files")
+    docs = []
+    for f in files:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {f}: {e}") from None
+        if f.endswith(".json"):
+            try:
+                rows = json.loads(text)
+                docs += [r["story"] if isinstance(r, dict) else str(r) for r in rows]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{f}: expected a JSON list of {{\"story\": ...}} ({type(e).__name__})") from None
+        elif f.endswith(".jsonl"):
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                        docs.append(row["text"] if "text" in row else row["story"])
+                    except (ValueError, KeyError, TypeError):
+                        raise ValueError(f"{f}:{n}: expected a JSON object with a \"text\" or \"story\" field") from None
+        else:
+            docs += text.split("<|endoftext|>")
+    docs = [d.strip() for d in docs if isinstance(d, str) and d.strip()]
+    if not docs:
+        raise ValueError(f"--data {path} holds no text")
+    return docs
+
+
+def tokenize_to_file(tok, docs, path):
+    """Write [BOS] doc [EOS] for every document as one flat uint16 array (2 bytes a token), in batches."""
+    if tok.vocab_size > 2**16:
+        raise ValueError(f"vocab size {tok.vocab_size} does not fit uint16 token files")
+    n = 0
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        for s in range(0, len(docs), 4096):
+            ids = tok.encode_batch(docs[s:s + 4096])
+            flat = np.fromiter((t for d in ids for t in (tok.bos_id, *d, tok.eos_id)), dtype=np.uint16)
+            f.write(flat.tobytes())
+            n += len(flat)
+    os.replace(tmp, path)
+    return n
+
+
+def prepare_data(args, log):
+    """Train the tokenizer and write out/train.bin and out/val.bin, unless out/data.json says the same data
+    was already prepared (then reuse them: resuming must see the same tokens)."""
+    meta_path = os.path.join(args.out_dir, "data.json")
+    source = {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
+              "world_people": args.world_people, "world_seed": args.world_seed}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("source") == source and all(os.path.exists(os.path.join(args.out_dir, x))
+                                                for x in ("tok.model", "train.bin", "val.bin")):
+            log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
+                f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
+            return meta
+        if args.resume:
+            raise ValueError(f"--resume with different data or vocab than {meta_path} records")
+    if args.data:
+        docs = read_documents(args.data)
+        if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break
+            cut = docs[0].rfind("\n", 0, int(len(docs[0]) * 0.99)) + 1 or int(len(docs[0]) * 0.99)
+            docs = [docs[0][:cut], docs[0][cut:]]
+        n_val = max(1, len(docs) // 100)  # 1% of the documents held out for validation loss
+        train_docs, val_docs = docs[:-n_val], docs[-n_val:]
+    else:
+        train_docs, val_docs = world_lib.pretrain_docs(world_lib.make_world(args.world_people, args.world_seed))
+    log(f"data: {len(train_docs):,} train / {len(val_docs):,} val documents "
+        f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); training the tokenizer ...")
+    tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size)
+    if tok.vocab_size < args.vocab_size:
+        log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
+    meta = {"source": source, "tokenizer_vocab": tok.vocab_size,
+            "train_tokens": tokenize_to_file(tok, train_docs, os.path.join(args.out_dir, "train.bin")),
+            "val_tokens": tokenize_to_file(tok, val_docs, os.path.join(args.out_dir, "val.bin"))}
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+    log(f"data: {meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens")
+    return meta
+
+
+def get_batch(data, batch_size, seq_len, generator):
+    """batch_size random windows of seq_len + 1 tokens -> inputs x and targets y, each (B, T)."""
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator).tolist()
+    xy = torch.from_numpy(np.stack([data[i:i + seq_len + 1].astype(np.int64) for i in ix]))  # (B, T+1)
+    return xy[:, :-1], xy[:, 1:]
+
+
+@torch.no_grad()
+def estimate_loss(model, data, batch_size, seq_len, batches, device, ctx, seed=0):
+    """Mean loss over a fixed set of windows (the same ones every time, so evaluations are comparable)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(batches):
+        x, y = get_batch(data, batch_size, min(seq_len, len(data) - 2), gen)
+        with ctx:
+            losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the pretraining exam
+
+def complete(model, tok, prompts, max_new_tokens, device):
+    """Greedy completions of text prompts (after BOS), cut at the first newline."""
+    outs = generate_many(model, [[tok.bos_id] + tok.encode(p) for p in prompts], max_new_tokens,
+                         temperature=0.0, stop_id=tok.eos_id)
+    return [tok.decode([t for t in o if t != tok.eos_id]).split("\n")[0] for o in outs]
+
+
+def pretrain_exam(model, tok, world, device, n_items):
+    """Fact recall by completion and Q/A-framed accuracy on the world's exam questions."""
+    recall = world_lib.recall_items(world)[:n_items]
+    answers = complete(model, tok, [it["prompt"] for it in recall], 10, device)
+    recall_ok = [world_lib.grade(it, a) for it, a in zip(recall, answers)]
+    qa = world_lib.qa_items(world, world.people, "exam")[:n_items]
+    qa_answers = complete(model, tok, [world_lib.qa_framed(it["question"]) for it in qa], 16, device)
+    qa_ok = [world_lib.grade(it, a) for it, a in zip(qa, qa_answers)]
+    examples = [(it["prompt"], a, ok) for it, a, ok in list(zip(recall, answers, recall_ok))[:4]]
+    examples += [(world_lib.qa_framed(it["question"]), a, ok) for it, a, ok in list(zip(qa, qa_answers, qa_ok))[:4]]
+    return sum(recall_ok) / len(recall_ok), sum(qa_ok) / len(qa_ok), examples
+
+
+def dream(model, tok, n, max_new_tokens, seed):
+    """Documents sampled from nothing but BOS: the model "dreams" its training distribution (seed 002)."""
+    device = model.tok_embeddings.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bos = torch.full((n, 1), tok.bos_id, dtype=torch.long, device=device)
+    outs = generate(model, bos, max_new_tokens, temperature=0.8, top_p=0.95, stop_id=tok.eos_id, generator=gen)
+    return [tok.decode([t for t in o if t != tok.eos_id]) for o in outs]
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="Pretrain the Transformer by next-token prediction.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # I/O
+    p.add_argument("--out-dir", default="out", help="where the tokenizer, token files, checkpoint and report go")
+    p.add_argument("--data", default=None, help="text file, directory, TinyStories .json shards or .txt; "
+                   "default: the built-in world")
+    p.add_argument("--world-people", type=int, default=200, help="size of the built-in world (people)")
+    p.add_argument("--world-seed", type=int, default=1337, help="seed of the built-in world")
+    p.add_argument("--resume", action="store_true", help="continue from out/base.pt (optimizer, step, RNG)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (a fresh run otherwise)")
+    # model (None: the preset's value)
+    p.add_argument("--preset", default="world", choices=sorted(PRESETS), help="model shape and schedule")
+    p.add_argument("--dim", type=int, help="model width")
+    p.add_argument("--n-layers", type=int, help="number of Transformer blocks")
+    p.add_argument("--n-heads", type=int, help="attention heads")
+    p.add_argument("--n-kv-heads", type=int, help="key/value heads (fewer than n-heads: grouped-query)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size to train")
+    p.add_argument("--seq-len", type=int, help="context length (max_seq_len)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
+    # optimisation
+    p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (split over processes)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak")
+    p.add_argument("--warmup", type=int, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on 2-D weights")
+    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    # evaluation, logging
+    p.add_argument("--eval-interval", type=int, default=200, help="steps between val loss + checkpoint")
+    p.add_argument("--eval-batches", type=int, default=10, help="batches per val loss estimate")
+    p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
+    p.add_argument("--exam-items", type=int, default=400, help="questions per exam (0: skip the exam)")
+    # system
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for init and batches")
+    args = p.parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
+    common.keep_freed_memory()
+    device = common.pick_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    ddp = common.Dist(device)
+    device, master = ddp.device, ddp.master
+    log = print if master else (lambda *a, **k: None)
+    timer = common.Timer()
+    ckpt_path = os.path.join(args.out_dir, "base.pt")
+    if args.grad_accum % ddp.world_size:
+        common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
+    if args.resume and args.init:
+        common.fail("--resume and --init exclude each other")
+
+    # data: prepared once by the master, read by everyone
+    try:
+        if master:
+            os.makedirs(args.out_dir, exist_ok=True)
+            meta = prepare_data(args, log)
+        ddp.barrier()
+        if not master:
+            with open(os.path.join(args.out_dir, "data.json")) as f:
+                meta = json.load(f)
+        tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+    except ValueError as e:
+        common.fail(e)
+    train_data = np.memmap(os.path.join(args.out_dir, "train.bin"), dtype=np.uint16, mode="r")
+    val_data = np.memmap(os.path.join(args.out_dir, "val.bin"), dtype=np.uint16, mode="r")
+    if len(train_data) <= args.seq_len + 1:
+        common.fail(f"only {len(train_data)} training tokens: fewer than one window of --seq-len {args.seq_len}")
+
+    # model, optimizer; from a checkpoint when resuming
+    torch.manual_seed(args.seed)
+    start_step, ckpt = 0, None
+    try:
+        if args.resume:
+            model, ckpt = load_checkpoint(ckpt_path, device, stages=("base",))
+            start_step = ckpt["step"]
+        elif args.init:
+            model, _ = load_checkpoint(args.init, device)
+        else:
+            model = Transformer(ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                                          n_kv_heads=args.n_kv_heads, vocab_size=tok.vocab_size,
+                                          max_seq_len=args.seq_len, dropout=args.dropout)).to(device)
+    except (CheckpointError, ValueError) as e:
+        common.fail(e)
+    if model.args.vocab_size != tok.vocab_size:
+        common.fail(f"the model's vocab ({model.args.vocab_size}) is not the tokenizer's ({tok.vocab_size})")
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
+    batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batch_gen.set_state(ckpt["batch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+    train_model = torch.compile(model) if args.compile else model
+    if ddp.enabled:
+        train_model = DDP(train_model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
+    ctx = common.autocast(device, dtype)
+    micro_per_rank = args.grad_accum // ddp.world_size
+    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters {model.args} | {tokens_per_step:,} tokens/step | "
+        f"{ddp.world_size} process(es) on {device} in {dtype}" + (f" | resuming at step {start_step}" if ckpt else ""))
+
+    def save(step):
+        if master:
+            save_checkpoint(ckpt_path, model, "base", step=step, optimizer=optimizer, args=vars(args),
+                            batch_rng=batch_gen.get_state(), torch_rng=torch.get_rng_state())
+
+    # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process
+    # takes every world_size-th micro-batch, DDP averages the gradients (so N processes = 1 process)
+    step, val_loss, t_last = start_step, None, common.Timer()
+    try:
+        while step < args.max_steps:
+            batch_state = batch_gen.get_state()  # for a Ctrl-C save: this step's batch is drawn again
+            lr = common.lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x, y = get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)
+            loss_sum = 0.0
+            for k in range(micro_per_rank):
+                rows = slice((k * ddp.world_size + ddp.rank) * args.batch_size,
+                             (k * ddp.world_size + ddp.rank + 1) * args.batch_size)
+                if ddp.enabled:  # only the last backward of the step all-reduces the gradients
+                    train_model.require_backward_grad_sync = k == micro_per_rank - 1
+                with ctx:
+                    loss = lm_loss(train_model(x[rows].to(device)), y[rows].to(device)) / micro_per_rank
+                loss.backward()
+                loss_sum += loss.item()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % args.log_interval == 0 or step == args.max_steps or step == start_step + 1:
+                loss_avg = ddp.mean(loss_sum)
+                n_steps = step - start_step if step == start_step + 1 else args.log_interval
+                dt = t_last() / max(1, min(n_steps, args.log_interval))
+                eta = dt * (args.max_steps - step)
+                log(common.step_line(step, args.max_steps, loss_avg, lr, dt, tokens_per_step,
+                                     f" | eta {eta / 60:.1f} min"), flush=True)
+                t_last = common.Timer()
+            if step % args.eval_interval == 0 or step == args.max_steps:
+                if master:
+                    val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, args.eval_batches,
+                                             device, ctx)
+                    log(f"step {step}: val loss {val_loss:.3f}", flush=True)
+                save(step)
+    except KeyboardInterrupt:
+        optimizer.zero_grad(set_to_none=True)
+        batch_gen.set_state(batch_state)
+        save(step)
+        log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
+        ddp.close()
+        sys.exit(130)
+    train_s = timer()
+    ddp.close()
+    if not master:
+        return
+
+    # the exam
+    model.eval()
+    log("exam: validation loss, fact recall, Q/A-framed answers, dreams ...", flush=True)
+    val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, 4 * args.eval_batches, device, ctx)
+    metrics = {"val_loss": round(val_loss, 4), "fact_recall": None, "qa_framed": None, "steps": step,
+               "params": model.num_params(), "train_tokens": meta["train_tokens"], "seed": args.seed}
+    lines = [f"## Pretraining (`python train.py`)", "",
+             f"{model.num_params() / 1e6:.2f}M parameters, {step} steps x {tokens_per_step:,} tokens, "
+             f"seed {args.seed}, on {device}.", "", f"- validation loss: **{val_loss:.3f}**"]
+    if not args.data and args.exam_items > 0:
+        world = world_lib.make_world(args.world_people, args.world_seed)
+        recall, qa, examples = pretrain_exam(model, tok, world, device, args.exam_items)
+        metrics.update(fact_recall=round(recall, 4), qa_framed=round(qa, 4))
+        lines += [f"- fact recall by completion (training facts): **{recall:.1%}**",
+                  f"- Q/A-framed accuracy (seed 001's \"Q: ... A:\" hack, exam phrasings): **{qa:.1%}**", "",
+                  common.md_table(["prompt", "greedy completion", "correct"], examples)]
+        log(f"exam: val loss {val_loss:.3f} | fact recall {recall:.1%} | Q/A-framed {qa:.1%}")
+    else:
+        log(f"exam: val loss {val_loss:.3f}")
+    dreams = dream(model, tok, 3, 120, args.seed)
+    lines += ["", "Dreamed documents (sampled from BOS, temperature 0.8):", ""]
+    lines += ["```\n" + d.strip() + "\n```" for d in dreams]
+    for d in dreams:
+        log("--- dream ---\n" + d.strip())
+    metrics["wall_s"] = round(timer(), 1)
+    lines.insert(3, f"Wall time {metrics['wall_s']:.0f} s (training {train_s:.0f} s).")
+    common.update_report(args.out_dir, "pretrain", metrics, "\n".join(lines))
+    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}, report in {args.out_dir}/report.md")
+
+
+if __name__ == "__main__":
+    main()
