@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-import export
-import model
-import run
-import tokenizer
-import world
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `python tests/test_export_run.py`
+import export  # noqa: E402
+import model  # noqa: E402
+import run  # noqa: E402
+import tokenizer  # noqa: E402
+import world  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRICKY = ["", " ", "  ", "     five", "trailing   ", "\t", "a\tb\t\tc", "\n", "line\n\nbreaks\n", "\r\n windows",
@@ -76,7 +77,7 @@ def pairs(tmp_path_factory, tok):
     for kind in ("tied", "untied"):
         net = tiny_model(tok.vocab_size, tie_embeddings=kind == "tied")
         path = export_blob(tmp_path_factory.mktemp(kind), net, tok)
-        header, weights = run.load_blob(str(path))
+        header, weights, _ = run.load_blob(str(path))
         out[kind] = net, run.Transformer(header["model_args"], weights), run.Tokenizer(header["tokenizer"], header["chat"]), path
     return out
 
@@ -192,7 +193,7 @@ class Recording(run.Transformer):
 
 def chat_session(pair, tok, lines, monkeypatch, **kw):
     _, rt, rtok, path = pair
-    header, weights = run.load_blob(str(path))
+    header, weights, _ = run.load_blob(str(path))
     header["model_args"].update(kw.pop("model_args", {}))
     rec = Recording(header["model_args"], weights)
     args = argparse_defaults(**kw)
@@ -285,6 +286,10 @@ CORRUPTIONS = {
     "missing tensor": lambda b: rewrite(b, lambda h: h["tensors"].pop()),
     "duplicate tensor": lambda b: rewrite(b, lambda h: h["tensors"].__setitem__(1, h["tensors"][2])),
     "wrong shape": lambda b: rewrite(b, edit(["tensors", 1, "shape"], [3, 3])),
+    "list as a name": lambda b: rewrite(b, edit(["tensors", 1, "name"], ["a"])),
+    "overflowing shapes": lambda b: rewrite(b, lambda h: (edit(["model_args", "vocab_size"], 2**62)(h),
+                                                          edit(["tensors", 0, "shape"], [2**62, 64])(h))),
+    "infinite theta": lambda b: rewrite(b, edit(["model_args", "rope_theta"], float("inf"))),
     "float32 dtype": lambda b: rewrite(b, edit(["tensors", 1, "dtype"], "float32")),
     "pieces short": lambda b: rewrite(b, lambda h: h["tokenizer"]["pieces"].pop()),
     "bos out of range": lambda b: rewrite(b, edit(["tokenizer", "bos_id"], 10**6)),
@@ -315,7 +320,8 @@ def test_damaged_blob_gives_one_clear_line(name, blob_bytes, tmp_path):
     assert message.startswith("error: ") and "\n" not in message and len(message) < 300, message
     if name == "newer version":
         assert "newer" in message
-    if name in ("truncated weights", "last bytes missing", "offset past the end", "huge consistent vocab"):
+    if name in ("truncated weights", "last bytes missing", "offset past the end", "huge consistent vocab",
+                "overflowing shapes"):
         assert "past the end" in message
 
 
@@ -339,7 +345,7 @@ def test_every_stage_exports_and_runs_standalone(tok, tmp_path):
     for i, stage in enumerate(["base", "sft", "rlhf"]):
         net = tiny_model(tok.vocab_size, seed=i)
         path = export_blob(tmp_path, net, tok, stage=stage, name=stage)
-        header, _ = run.load_blob(str(path))
+        header = run.load_blob(str(path))[0]
         assert header["stage"] == stage
         outs[stage] = (net, path)
     # run.py copied alone next to the blob, with the project out of reach (-I: no script dir, no PYTHONPATH)
