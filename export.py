@@ -169,7 +169,7 @@ def write_llama2c(path, tok_path, net, tok):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default=None,
                         help="checkpoint to export (default: out/rlhf.pt, else out/sft.pt, else out/base.pt)")
     parser.add_argument("--tokenizer", default=None, help="sentencepiece model (default: tok.model beside the checkpoint)")

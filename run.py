@@ -25,7 +25,10 @@ import struct
 import sys
 import time
 
-DEFAULT_THREADS = 2  # measured on 2 cores at llama2.c's stories15M shape: 2 BLAS threads beat 1 (see README)
+# BLAS threads. Measured at llama2.c's stories15M shape on a 2-core machine: 1 thread ~240 tokens/s, 2 threads
+# ~110 (OpenBLAS's per-call thread hand-off costs more than a second core gains on these small matrix-vector
+# products, worse still when the other core is busy). `--threads 2` to measure yours: `--bench`.
+DEFAULT_THREADS = 1
 
 
 def threads_from_argv(argv):
@@ -542,7 +545,7 @@ def bench(model, tok, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="the blob written by export.py (e.g. out/model.bin)")
     parser.add_argument("prompt", nargs="?", default=None,
