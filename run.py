@@ -25,10 +25,10 @@ import struct
 import sys
 import time
 
-# BLAS threads. Measured at llama2.c's stories15M shape on a 2-core machine: 1 thread ~240 tokens/s, 2 threads
-# ~110 (OpenBLAS's per-call thread hand-off costs more than a second core gains on these small matrix-vector
-# products, worse still when the other core is busy). `--threads 2` to measure yours: `--bench`.
-DEFAULT_THREADS = 1
+# BLAS threads. Measured at llama2.c's stories15M shape on an idle 2-core machine: 2 threads ~265 tokens/s,
+# 1 thread ~225 (the second core adds memory bandwidth to the 37 MB classifier). But when the other core is
+# busy (a training run), 2 threads fall to ~110 while 1 keeps ~230: then use --threads 1. Check with --bench.
+DEFAULT_THREADS = 2
 
 
 def threads_from_argv(argv):
