@@ -1,0 +1,300 @@
+"""
+Stage 2, instruction finetuning (SFT): from document generator to assistant (seed 002).
+
+"Keep the optimization identical, change the dataset": the same next-token loss as pretraining, on
+conversations instead of documents, counted only on what the assistant says (its content and the <|end|>
+that closes its turn; target -1 elsewhere). This is behaviour cloning (seed 000): the model learns to
+answer in the demonstrators' format, and to stop, while the knowledge comes from pretraining.
+
+The exam asks questions in phrasings the SFT data never used, about people the SFT data asked about and
+about people only the pretraining documents mentioned (does stage-1 knowledge surface in stage-2 format?),
+plus the reversal probe (seed 002's reversal curse) and the base model with the "Q: ... A:" framing.
+
+Reads: out/base.pt, out/tok.model, --data (JSONL chats) or the world     Writes: out/sft.pt, report
+    python sft.py                                    # the world's conversations, ~1-2 minutes on 2 CPU cores
+    python sft.py --data chats.jsonl --epochs 2      # {"messages": [{"role": "user", "content": ...}, ...]}
+    torchrun --standalone --nproc_per_node 2 sft.py
+"""
+import argparse
+import json
+import os
+import random
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+import world as world_lib
+from model import CheckpointError, configure_optimizer, load_checkpoint, lm_loss, save_checkpoint
+from tokenizer import Tokenizer, check_messages, render_chat
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def read_chat_jsonl(path):
+    """Conversations from a JSONL file, one {"messages": [...]} per line; any bad line stops the run with
+    its line number, before any training."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path} does not exist")
+    convs = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = f.read().splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e.reason})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "messages" not in row:
+            raise ValueError(f"{path}:{n}: expected an object with a \"messages\" list")
+        try:
+            check_messages(row["messages"])
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: {e}") from None
+        if not any(m["role"] == "assistant" for m in row["messages"]):
+            raise ValueError(f"{path}:{n}: no assistant message to learn from")
+        convs.append(row["messages"])
+    if not convs:
+        raise ValueError(f"--data {path} holds no conversations")
+    return convs
+
+
+def encode_conversation(tok, messages, max_len):
+    """(x, y) for one conversation: inputs and next-token targets, -1 where the next token is not the
+    assistant's. A conversation longer than the context loses whole turns from its end, so no assistant
+    answer is ever cut in the middle; returns None if not even the first answer fits."""
+    while True:
+        ids, mask = render_chat(tok, messages)
+        if len(ids) <= max_len + 1:
+            break
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages = messages[:last_user]
+        if not any(m["role"] == "assistant" for m in messages):
+            return None
+    x = ids[:-1]
+    y = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
+    return x, y
+
+
+def collate(examples, device):
+    """Right-pad a list of (x, y) to the longest: pad inputs with 0, targets with -1 (no loss).
+    Padding rather than packing: conversations are short and independent, and a padded row never lets one
+    conversation attend to another."""
+    T = max(len(x) for x, _ in examples)
+    xs = torch.tensor([x + [0] * (T - len(x)) for x, _ in examples], dtype=torch.long)
+    ys = torch.tensor([y + [-1] * (T - len(y)) for _, y in examples], dtype=torch.long)
+    return xs.to(device), ys.to(device)
+
+
+@torch.no_grad()
+def eval_loss(model, examples, batch_size, device):
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        x, y = collate(examples[s:s + batch_size], device)
+        n = (y != -1).sum().item()
+        total += lm_loss(model(x), y).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the SFT exam
+
+def sft_exam(model, base, tok, world, n_items):
+    """Chat accuracy on unseen phrasings for SFT-seen and pretraining-only people, the reversal probe, the
+    stop rate; and the base model on the same questions with the Q/A framing of seed 001."""
+    sets = {"qa_seen": world_lib.qa_items(world, world.sft_people, "exam")[:n_items],
+            "qa_unseen": world_lib.qa_items(world, world.pretrain_only_people, "exam")[:n_items],
+            "reversal": [it for it in world_lib.reversal_items(world) if not it["sft"]][:n_items]}
+    metrics, rows, samples, ended_all = {}, [], [], []
+    for name, items in sets.items():
+        answers = common.chat_answers(model, tok, [it["question"] for it in items])
+        ok = [world_lib.grade(it, text) for it, (_, text, _) in zip(items, answers)]
+        ended_all += [ended for _, _, ended in answers]
+        prompts = [[tok.bos_id] + tok.encode(world_lib.qa_framed(it["question"])) for it in items]
+        base_out = common.generate_many(base, prompts, 16, temperature=0.0, stop_id=tok.eos_id)
+        base_ok = [world_lib.grade(it, tok.decode([t for t in o if t != tok.eos_id]).split("\n")[0])
+                   for it, o in zip(items, base_out)]
+        metrics[name] = round(sum(ok) / len(ok), 4)
+        metrics[f"base_{name}"] = round(sum(base_ok) / len(base_ok), 4)
+        rows.append([name.replace("_", " "), len(items), f"{sum(base_ok) / len(base_ok):.1%}", f"{sum(ok) / len(ok):.1%}"])
+        samples += [(it["question"], text, "yes" if good else "no") for it, (_, text, _), good
+                    in list(zip(items, answers, ok))[:3]]
+    metrics["stop_rate"] = round(sum(ended_all) / len(ended_all), 4)
+    return metrics, rows, samples
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="Instruction finetuning: loss on the assistant's tokens only.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # I/O
+    p.add_argument("--out-dir", default="out", help="where tok.model is, and sft.pt and the report go")
+    p.add_argument("--init", default=None, help="checkpoint to finetune (default: OUT_DIR/base.pt)")
+    p.add_argument("--data", default=None, help="JSONL of {\"messages\": [...]} (default: the world's conversations)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/sft.pt (optimizer, step)")
+    p.add_argument("--conversations", type=int, default=None, help="world conversations (default: 15 per person)")
+    # optimisation. Small data: a few epochs at a modest constant-then-decaying lr, so the model takes the
+    # format without forgetting what pretraining put in the weights (nanochat's chat_sft decays linearly to 0).
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the conversations")
+    p.add_argument("--batch-size", type=int, default=32, help="conversations per step (split over processes)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=20, help="linear warmup steps, then linear decay to 0")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decay on 2-D weights")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="conversations held out for val loss")
+    # evaluation, logging
+    p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
+    p.add_argument("--eval-interval", type=int, default=100, help="steps between val loss + checkpoint")
+    p.add_argument("--exam-items", type=int, default=300, help="questions per exam set (0: skip the exam)")
+    # system
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    common.keep_freed_memory()
+    device = common.pick_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    ddp = common.Dist(device)
+    device, master = ddp.device, ddp.master
+    log = print if master else (lambda *a, **k: None)
+    timer = common.Timer()
+    init = args.init or os.path.join(args.out_dir, "base.pt")
+    ckpt_path = os.path.join(args.out_dir, "sft.pt")
+    if args.batch_size % ddp.world_size:
+        common.fail(f"--batch-size {args.batch_size} must be a multiple of the {ddp.world_size} processes")
+    try:
+        tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+        if args.resume:
+            model, ckpt = load_checkpoint(ckpt_path, device, stages=("sft",))
+        else:
+            model, ckpt = load_checkpoint(init, device, stages=("base", "sft", "rlhf"))
+        base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
+        world = world_lib.make_world(base_args.get("world_people", 200), base_args.get("world_seed", 1337))
+        convs = read_chat_jsonl(args.data) if args.data else world_lib.sft_conversations(world, args.conversations)
+    except (CheckpointError, ValueError) as e:
+        common.fail(e)
+    if model.args.vocab_size != tok.vocab_size:
+        common.fail(f"{init} has vocab {model.args.vocab_size} but {args.out_dir}/tok.model has {tok.vocab_size}")
+
+    # conversations -> (x, y); the order of the examples is fixed by the seed, so a resumed run sees the same
+    random.Random(args.seed).shuffle(convs)
+    encoded = [encode_conversation(tok, c, model.args.max_seq_len) for c in convs]
+    dropped = sum(e is None for e in encoded)
+    examples = [e for e in encoded if e is not None]
+    truncated = sum(len(e[0]) < len(render_chat(tok, c)[0]) - 1 for c, e in zip(convs, encoded) if e is not None)
+    if not examples:
+        common.fail(f"no conversation fits the {model.args.max_seq_len}-token context")
+    n_val = int(len(examples) * args.val_fraction)
+    val, train = examples[:n_val], examples[n_val:]
+    steps_per_epoch = -(-len(train) // args.batch_size)
+    max_steps = max(1, int(args.epochs * steps_per_epoch))
+    log(f"data: {len(train):,} train / {len(val):,} val conversations, "
+        f"{sum(sum(t != -1 for t in y) for _, y in train):,} supervised tokens; "
+        f"{truncated} cut to fit the context at a turn boundary, {dropped} dropped (first answer does not fit)")
+
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, 0.95), device.split(":")[0])
+    start_step = 0
+    if args.resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_step = ckpt["step"]
+    train_model = DDP(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None) if ddp.enabled else model
+    ctx = common.autocast(device, dtype)
+    base_args = ckpt["args"] if ckpt["stage"] == "base" else base_args
+    run_args = {**vars(args), "base_args": base_args}
+    log(f"model: {model.num_params() / 1e6:.2f}M parameters from {ckpt_path if args.resume else init} | "
+        f"{max_steps} steps ({args.epochs} epochs x {steps_per_epoch}) | {ddp.world_size} process(es) on {device}")
+
+    def save(step):
+        if master:
+            save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args)
+
+    def batch_rows(step):
+        """The conversations of a step: epoch-wise permutations from the seed, so any step can be rebuilt."""
+        epoch, k = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
+        rows = order[k * args.batch_size:(k + 1) * args.batch_size]
+        return [train[i] for i in rows[ddp.rank::ddp.world_size]]
+
+    step, t_last = start_step, common.Timer()
+    try:
+        while step < max_steps:
+            # warmup, then linear decay to 0 (a schedule that ends where the data ends)
+            lr = args.lr * min((step + 1) / args.warmup, (max_steps - step) / max(1, max_steps - args.warmup))
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x, y = collate(batch_rows(step), device)
+            with ctx:
+                loss = lm_loss(train_model(x), y)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % args.log_interval == 0 or step == max_steps:
+                dt = t_last() / args.log_interval
+                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, x.numel() * ddp.world_size,
+                                     f" | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
+                t_last = common.Timer()
+            if step % args.eval_interval == 0 or step == max_steps:
+                if master and val:
+                    log(f"step {step}: val loss {eval_loss(model, val, args.batch_size, device):.3f}", flush=True)
+                save(step)
+    except KeyboardInterrupt:
+        optimizer.zero_grad(set_to_none=True)
+        save(step)
+        log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
+        ddp.close()
+        sys.exit(130)
+    train_s = timer()
+    ddp.close()
+    if not master:
+        return
+
+    # the exam (on the world's people; with --data, only the val loss)
+    model.eval()
+    val_loss = eval_loss(model, val, args.batch_size, device) if val else None
+    metrics = {"val_loss": round(val_loss, 4) if val_loss is not None else None, "steps": step,
+               "conversations": len(train), "dropped": dropped, "truncated": truncated}
+    lines = ["## SFT: instruction finetuning (`python sft.py`)", "",
+             f"{len(train):,} conversations, {step} steps, seed {args.seed}, from `{init}`.", ""]
+    if val_loss is not None:
+        lines.append(f"- validation loss on held-out conversations (assistant tokens): **{val_loss:.3f}**")
+    if args.exam_items > 0:
+        log("exam: unseen phrasings for SFT-seen and pretraining-only people, reversal, base model ...", flush=True)
+        base, _ = load_checkpoint(ckpt["args"].get("init") or init, device) if args.resume else load_checkpoint(init, device)
+        exam, rows, samples = sft_exam(model, base.eval(), tok, world, args.exam_items)
+        metrics.update(exam)
+        lines += [f"- answers that end with `<|end|>` (stop rate): **{exam['stop_rate']:.1%}**", "",
+                  "Exam phrasings never appear in the SFT data. Base = the pretrained model with the "
+                  "`Q: ... A:` framing; SFT = the chat model.", "",
+                  common.md_table(["questions about", "n", "base (Q/A framing)", "SFT (chat)"], rows), "",
+                  "The reversal probe asks \"Who is <mother>'s child?\" when every document only ever said "
+                  "\"<child>'s mother is <mother>\" (the reversal curse, seed 002).", "",
+                  common.md_table(["question", "SFT answer", "correct"], samples)]
+        log(f"exam: seen {exam['qa_seen']:.1%} | unseen {exam['qa_unseen']:.1%} | reversal {exam['reversal']:.1%} "
+            f"| stop rate {exam['stop_rate']:.1%} | base Q/A: seen {exam['base_qa_seen']:.1%} "
+            f"unseen {exam['base_qa_unseen']:.1%}")
+    metrics["wall_s"] = round(timer(), 1)
+    lines.insert(3, f"Wall time {metrics['wall_s']:.0f} s (training {train_s:.0f} s).")
+    common.update_report(args.out_dir, "sft", metrics, "\n".join(lines))
+    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}, report in {args.out_dir}/report.md")
+
+
+if __name__ == "__main__":
+    main()
