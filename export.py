@@ -10,26 +10,36 @@ its tokenizer, and writes one of:
            to 64 bytes so run.py can memory-map it. The layout is documented in the README.
   llama2c  llama2.c's legacy float32 `.bin` (version 0: seven int32s, then the weights in run.c's order)
            plus its `tokenizer.bin` beside it, so llama2.c's unmodified run.c runs our models.
-  gguf     not implemented yet (issue 7).
+  gguf     GGUF version 3, for llama.cpp, LM Studio and ollama: architecture `llama`, float16 matrices and
+           float32 norms, the sentencepiece vocabulary, the special token ids and the chat template as Jinja.
+
+After writing a blob, export.py checks it the way a user would: it loads the blob with run.py's own loader,
+compares run.py's logits with PyTorch's (on the same float16-rounded weights) at every position of a short
+prompt, times a greedy generation, and writes the `runtime` section of report.md / report.json in the blob's
+directory.
 
 By default the latest stage's checkpoint in out/ (out/rlhf.pt, else out/sft.pt, else out/base.pt) goes to
-out/model.bin (blob) or out/llama2c.bin + out/tokenizer.bin (llama2c); the tokenizer is tok.model in the
-checkpoint's directory unless --tokenizer says otherwise.
+out/model.bin (blob), out/llama2c.bin + out/tokenizer.bin (llama2c) or out/model.gguf (gguf); the tokenizer
+is tok.model in the checkpoint's directory unless --tokenizer says otherwise.
 
-    python export.py                                   # out/rlhf.pt (or sft, base) -> out/model.bin
+    python export.py                                   # out/rlhf.pt (or sft, base) -> out/model.bin, checked
     python export.py --ckpt out/base.pt --out out/base.bin
     python export.py --format llama2c                  # -> out/llama2c.bin, out/tokenizer.bin
+    python export.py --format gguf --ckpt out/sft.pt   # -> out/model.gguf
 """
 import argparse
 import json
 import os
 import struct
 import sys
+import time
 
 import numpy as np
 import torch
 
+import common
 import model
+import run  # the runtime, imported to check the blob with its own loader (run.py itself imports nothing of ours)
 import tokenizer
 
 MAGIC = b"twofiles"  # the first 8 bytes of every blob
@@ -168,32 +178,196 @@ def write_llama2c(path, tok_path, net, tok):
             f.write(struct.pack("<fi", score, len(b)) + b)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# GGUF, the file format of llama.cpp (ggml's docs/gguf.md, version 3). Little-endian throughout:
+#   "GGUF" | u32 version | u64 tensor count | u64 key/value count
+#   key/values:   string key | u32 value type | value    (a string is a u64 byte length, then UTF-8 bytes;
+#                 an array is u32 element type | u64 count | the elements)
+#   tensor infos: string name | u32 n_dims | u64 dims, fastest-varying first | u32 ggml type | u64 offset
+#   zero padding to the alignment | the tensor data, each tensor at its offset from here, aligned
+
+GGUF_VERSION, GGUF_ALIGN = 3, 32  # 32 is the default alignment; written out anyway as general.alignment
+U32, I32, F32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9  # GGUF value types (gguf_metadata_value_type)
+GGML_F32, GGML_F16 = 0, 1  # ggml tensor types
+SCALAR = {U32: "<I", I32: "<i", F32: "<f", BOOL: "<?"}
+MOSTLY_F16 = 1  # general.file_type: every matrix float16, the 1-D norms float32
+# model.py's module names -> llama.cpp's tensor names for the llama architecture (gguf-py's constants.py)
+GGUF_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
+              "attention_norm": "attn_norm", "attention.wq": "attn_q", "attention.wk": "attn_k",
+              "attention.wv": "attn_v", "attention.wo": "attn_output", "ffn_norm": "ffn_norm",
+              "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up", "feed_forward.w2": "ffn_down"}
+# tokenizer.render_chat as a Jinja template (the `tokenizer.chat_template` that llama.cpp, LM Studio and
+# HF-style chat UIs render): <s>, then per message <|role|> content <|end|>, then <|assistant|> to ask for an
+# answer. A second writing of the chat format, held equal to render_chat by tests/test_gguf.py.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + tokenizer.END_TOKEN + "' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '" + tokenizer.ROLE_TOKENS["assistant"] + "' }}{% endif %}")
+
+
+def gguf_value(kind, value):
+    """The bytes of one GGUF value of the given type; an ARRAY value is (element type, list)."""
+    if kind == STRING:
+        b = value.encode("utf-8")
+        return struct.pack("<Q", len(b)) + b
+    if kind == ARRAY:
+        elem, items = value
+        return struct.pack("<IQ", elem, len(items)) + b"".join(gguf_value(elem, v) for v in items)
+    return struct.pack(SCALAR[kind], value)
+
+
+def gguf_metadata(net, stage, tok):
+    """(key, type, value) for every key llama.cpp reads for a llama model with a sentencepiece vocabulary.
+    The integers are u32 and the floats f32 because llama.cpp checks each key's type as it reads it."""
+    a, pieces = net.args, tok.pieces()
+    return [
+        ("general.architecture", STRING, "llama"),
+        ("general.name", STRING, f"twofiles-{stage}"),
+        ("general.file_type", U32, MOSTLY_F16),
+        ("general.alignment", U32, GGUF_ALIGN),
+        ("llama.vocab_size", U32, a.vocab_size),
+        ("llama.context_length", U32, a.max_seq_len),
+        ("llama.embedding_length", U32, a.dim),
+        ("llama.block_count", U32, a.n_layers),
+        ("llama.feed_forward_length", U32, a.hidden_dim),
+        ("llama.attention.head_count", U32, a.n_heads),
+        ("llama.attention.head_count_kv", U32, a.n_kv_heads),  # fewer than head_count: grouped-query attention
+        ("llama.attention.layer_norm_rms_epsilon", F32, a.norm_eps),
+        ("llama.rope.freq_base", F32, a.rope_theta),
+        ("llama.rope.dimension_count", U32, a.dim // a.n_heads),  # every dimension of a head is rotated
+        # the vocabulary as sentencepiece has it: pieces with U+2581 for spaces, BPE merge scores, and the
+        # piece types, whose numbers GGUF shares with sentencepiece (normal 1, unknown 2, control 3,
+        # user-defined 4 for the chat markers, byte 6 for the 256 byte-fallback pieces <0x00>..<0xFF>)
+        ("tokenizer.ggml.model", STRING, "llama"),
+        ("tokenizer.ggml.tokens", ARRAY, (STRING, [p for p, _, _ in pieces])),
+        ("tokenizer.ggml.scores", ARRAY, (F32, [s for _, s, _ in pieces])),
+        ("tokenizer.ggml.token_type", ARRAY, (I32, [k for _, _, k in pieces])),
+        ("tokenizer.ggml.unknown_token_id", U32, tok.unk_id),
+        ("tokenizer.ggml.bos_token_id", U32, tok.bos_id),
+        ("tokenizer.ggml.eos_token_id", U32, tok.eos_id),  # </s>: ends a document (what a base model emits)
+        ("tokenizer.ggml.eot_token_id", U32, tok.end_id),  # <|end|>: ends a chat turn; llama.cpp stops at both
+        ("tokenizer.ggml.add_bos_token", BOOL, True),
+        ("tokenizer.ggml.add_eos_token", BOOL, False),
+        ("tokenizer.ggml.add_space_prefix", BOOL, False),  # trained with add_dummy_prefix=False
+        ("tokenizer.chat_template", STRING, CHAT_TEMPLATE),
+    ]
+
+
+def gguf_tensors(net):
+    """(llama.cpp name, array) per weight: matrices float16, norms float32. No permutation of wq and wk:
+    model.py rotates consecutive pairs, as Meta's release and llama.cpp's llama architecture do (HF
+    checkpoints rotate halves, which is why llama.cpp's converter permutes theirs). A tied output matrix is
+    left out: llama.cpp then uses token_embd for the output."""
+    out = []
+    for name, t in net.state_dict().items():
+        if name == "output.weight" and net.args.tie_embeddings:
+            continue
+        parts = name.split(".")  # layers.3.attention.wq.weight, or tok_embeddings.weight
+        if parts[0] == "layers":
+            gguf_name = f"blk.{parts[1]}.{GGUF_NAMES['.'.join(parts[2:-1])]}.weight"
+        else:
+            gguf_name = f"{GGUF_NAMES[parts[0]]}.weight"
+        a = t.detach().float().cpu().numpy()
+        out.append((gguf_name, a.astype("<f2" if a.ndim == 2 else "<f4")))
+    return out
+
+
+def write_gguf(path, net, stage, tok):
+    """The GGUF file: header, key/values, tensor infos, then the aligned tensor data."""
+    metadata, tensors = gguf_metadata(net, stage, tok), gguf_tensors(net)
+    head = [b"GGUF", struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(metadata))]
+    for key, kind, value in metadata:
+        head += [gguf_value(STRING, key), struct.pack("<I", kind), gguf_value(kind, value)]
+    offset = 0
+    for name, a in tensors:
+        dims = a.shape[::-1]  # ggml lists dimensions fastest-varying first: an (out, in) matrix is [in, out]
+        head += [gguf_value(STRING, name), struct.pack(f"<I{len(dims)}Q", len(dims), *dims),
+                 struct.pack("<IQ", GGML_F16 if a.dtype == np.float16 else GGML_F32, offset)]
+        offset += -(-a.nbytes // GGUF_ALIGN) * GGUF_ALIGN
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(b"".join(head))
+        f.write(b"\0" * (-f.tell() % GGUF_ALIGN))
+        for _, a in tensors:
+            f.write(a.tobytes())
+            f.write(b"\0" * (-a.nbytes % GGUF_ALIGN))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the runtime check: the blob as a user meets it, written into the report card
+
+PROBE = "Where does the baker live?"  # a short chat turn: any text would do; a chat prompt is what users send
+
+
+def check_blob(path, net, stage, step, started):
+    """Load the blob with run.py's own loader and measure what the runtime section of the report claims:
+    the largest logit difference between run.py and PyTorch holding the same float16-rounded weights (at
+    every position of a short prompt) and run.py's greedy tokens/s. Returns the metrics."""
+    header, weights, release = run.load_blob(path)
+    rt = run.Transformer(header["model_args"], weights, release)
+    rtok = run.Tokenizer(header["tokenizer"], header["chat"])
+    ids = run.render_chat(rtok, [{"role": "user", "content": PROBE}], add_generation_prompt=True)
+    ids = ids[:net.args.max_seq_len // 2]  # room to generate in, even in a tiny context
+    ref = model.Transformer(net.args).eval()  # PyTorch on the very weights the blob holds
+    ref.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        want = ref(torch.tensor([ids]))[0].numpy()  # (T, V)
+    parity = float(np.abs(rt.forward(ids, 0) - want).max())
+    greedy = lambda logits: int(logits.argmax())  # noqa: E731
+    list(run.generate(rt, ids, 0, 4, greedy))  # warm up (first-touch page faults, BLAS threads), as run.py --bench
+    stats = run.Stats()  # tokens/s as run.py reports it: from the first new token on, the prefill excluded
+    list(stats.timed(run.generate(rt, ids, 0, 64, greedy)))
+    with open(run.__file__, encoding="utf-8") as f:
+        lines = sum(1 for _ in f)
+    return {"parity_max_abs_logit_diff": parity, "tok_per_s": stats.tokens / max(stats.seconds, 1e-9),
+            "blob_bytes": os.path.getsize(path), "run_py_lines": lines, "stage": stage, "step": step,
+            "parity_positions": len(ids), "generated_tokens": stats.tokens + 1, "wall_s": time.time() - started}
+
+
+def runtime_markdown(path, m):
+    rows = [("files", f"`run.py` ({m['run_py_lines']} lines, NumPy + stdlib) and `{os.path.basename(path)}` "
+                      f"({m['blob_bytes'] / 1e6:.2f} MB, float16, stage {m['stage']}, step {m['step']})"),
+            ("parity", f"max abs logit diff {m['parity_max_abs_logit_diff']:.2e}, run.py vs PyTorch on the same "
+                       f"float16 weights, {m['parity_positions']} positions"),
+            ("speed", f"{m['tok_per_s']:.0f} tokens/s, greedy, {m['generated_tokens']} tokens after a chat prompt"),
+            ("wall", f"{m['wall_s']:.1f} s (export and check)")]
+    return "## runtime: two files\n\n" + common.md_table(["", "measured"], rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default=None,
                         help="checkpoint to export (default: out/rlhf.pt, else out/sft.pt, else out/base.pt)")
     parser.add_argument("--tokenizer", default=None, help="sentencepiece model (default: tok.model beside the checkpoint)")
     parser.add_argument("--out", default=None,
-                        help="output file (default: out/model.bin for blob, out/llama2c.bin for llama2c; "
-                             "llama2c also writes tokenizer.bin in the same directory)")
+                        help="output file (default: out/model.bin for blob, out/llama2c.bin for llama2c, "
+                             "out/model.gguf for gguf; llama2c also writes tokenizer.bin in the same directory)")
     parser.add_argument("--format", choices=["blob", "llama2c", "gguf"], default="blob",
-                        help="blob: run.py's float16 file; llama2c: llama2.c's run.c .bin + tokenizer.bin; gguf: later")
+                        help="blob: run.py's float16 file, then checked with run.py into the report card; "
+                             "llama2c: llama2.c's run.c .bin + tokenizer.bin; gguf: llama.cpp / LM Studio / ollama")
     args = parser.parse_args()
 
-    if args.format == "gguf":
-        print("error: --format gguf is not implemented yet (issue 7)", file=sys.stderr)
-        sys.exit(2)
+    started = time.time()
     try:
         ckpt = args.ckpt or default_checkpoint()
         tok_path = args.tokenizer or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "tok.model")
         net, stage, step, tok = load(ckpt, tok_path)
-        out = args.out or os.path.join("out", "model.bin" if args.format == "blob" else "llama2c.bin")
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]
+        out = args.out or os.path.join("out", default_name)
+        out_dir = os.path.dirname(os.path.abspath(out))
+        os.makedirs(out_dir, exist_ok=True)
+        written = out
         if args.format == "blob":
             write_blob(out, net, stage, step, tok)
-            written = out
+        elif args.format == "gguf":
+            write_gguf(out, net, stage, tok)
         else:
-            tok_out = os.path.join(os.path.dirname(os.path.abspath(out)), "tokenizer.bin")
+            tok_out = os.path.join(out_dir, "tokenizer.bin")
             write_llama2c(out, tok_out, net, tok)
             written = f"{out} and {tok_out}"
     except (model.CheckpointError, ValueError, OSError) as e:
@@ -201,6 +375,14 @@ def main():
     size = os.path.getsize(out)
     print(f"exported {ckpt} (stage {stage}, step {step}, {net.num_params() / 1e6:.2f}M parameters) "
           f"to {written} ({size / 1e6:.1f} MB, {args.format})")
+    if args.format == "blob":
+        try:
+            m = check_blob(out, net, stage, step, started)
+        except run.BlobError as e:  # export.py just wrote it: this is a bug in one of the two files
+            sys.exit(f"error: run.py cannot read the blob export.py wrote: {e}")
+        common.update_report(out_dir, "runtime", m, runtime_markdown(out, m))
+        print(f"checked with run.py: max abs logit diff {m['parity_max_abs_logit_diff']:.1e} against PyTorch, "
+              f"{m['tok_per_s']:.0f} tokens/s; runtime section written to {os.path.join(out_dir, 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """export.py and run.py against their references: run.py's NumPy forward pass against model.py's (logits at
 every position, greedy ids, the KV cache), its pure-Python BPE against sentencepiece, its chat rendering
 against tokenizer.render_chat; every damaged blob gives one clear line; every stage exports and runs;
-llama2.c's format holds the same model.
+llama2.c's format holds the same model; the blob export writes the runtime section of the report card.
 
     python tests/test_export_run.py     # not a test: the stories15M-shape speed and memory benchmark
 """
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `python tests/test_export_run.py`
+import common  # noqa: E402
 import export  # noqa: E402
 import model  # noqa: E402
 import run  # noqa: E402
@@ -370,7 +371,7 @@ def test_every_stage_exports_and_runs_standalone(tok, tmp_path):
         assert r.stdout == want and "tok/s" in r.stderr
 
 
-def test_export_defaults_refusals_and_gguf(tok, tmp_path, monkeypatch, capsys):
+def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     shutil.copy(tok.model_file, tmp_path / "out" / "tok.model")
@@ -379,6 +380,9 @@ def test_export_defaults_refusals_and_gguf(tok, tmp_path, monkeypatch, capsys):
     model.save_checkpoint("out/sft.pt", net, stage="sft")
     call_main(export, [])
     assert run.load_blob("out/model.bin")[0]["stage"] == "sft"  # the latest stage wins
+    assert common.read_report("out")["runtime"]["stage"] == "sft"  # ... and is checked into out/report.json
+    call_main(export, ["--format", "gguf"])
+    assert Path("out/model.gguf").read_bytes()[:4] == b"GGUF"
     rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
     model.save_checkpoint("out/rm.pt", rm, stage="rm")
     for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),
@@ -391,9 +395,44 @@ def test_export_defaults_refusals_and_gguf(tok, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         call_main(export, ["--ckpt", "out/other.pt"])
     assert "vocab" in str(e.value.code)
-    with pytest.raises(SystemExit) as e:
-        call_main(export, ["--format", "gguf"])
-    assert e.value.code == 2 and "not implemented yet (issue 7)" in capsys.readouterr().err
+
+
+# -- the runtime section of the report card ---------------------------------------------------------------
+
+def test_blob_export_writes_the_runtime_report(tok, tmp_path, capsys):
+    torch.manual_seed(0)  # weights that float16 rounds: the check must compare against the rounded model
+    net = model.Transformer(model.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size,
+                                            max_seq_len=64))
+    common.update_report(str(tmp_path), "sft", {"qa_seen": 0.5}, "## SFT")  # another stage's section survives
+    path = export_blob(tmp_path, net, tok, stage="sft")
+    assert "checked with run.py" in capsys.readouterr().out
+    report = common.read_report(str(tmp_path))
+    m = report["runtime"]
+    assert report["sft"] == {"qa_seen": 0.5}
+    assert m["parity_max_abs_logit_diff"] < 1e-4 and m["tok_per_s"] > 0 and m["stage"] == "sft"
+    assert m["blob_bytes"] == path.stat().st_size
+    assert m["run_py_lines"] == len((ROOT / "run.py").read_text().splitlines())
+    assert m["parity_positions"] > 5 and m["generated_tokens"] == 64 - m["parity_positions"] and m["wall_s"] > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "two files" in md and f"{m['run_py_lines']} lines" in md and "## SFT" in md
+    # the float32 weights the checkpoint holds differ from the blob's: PyTorch on those would not agree as well
+    header, weights, _ = run.load_blob(str(path))
+    ids = list(range(3, 3 + m["parity_positions"]))
+    with torch.no_grad():
+        unrounded = np.abs(net(torch.tensor([ids]))[0].numpy() - run.Transformer(header["model_args"], weights).forward(ids, 0))
+    assert unrounded.max() > 10 * m["parity_max_abs_logit_diff"]
+
+
+def test_runtime_check_sees_a_damaged_weight(tok, tmp_path):
+    net = tiny_model(tok.vocab_size)
+    path = export_blob(tmp_path, net, tok)
+    blob = bytearray(path.read_bytes())
+    header, _, _ = run.load_blob(str(path))
+    entry = next(e for e in header["tensors"] if e["name"] == "layers.0.attention.wq.weight")
+    blob[entry["offset"]:entry["offset"] + 64] = bytes(64)  # zero 32 weights of one matrix
+    path.write_bytes(bytes(blob))
+    m = export.check_blob(str(path), net, "base", 0, 0.0)
+    assert m["parity_max_abs_logit_diff"] > 1e-2
 
 
 def read_llama2c(path, tok_path):
