@@ -1,0 +1,880 @@
+"""
+Stage 3, RLHF: comparisons -> a reward model -> policy optimisation against it (seeds 000, 001, 003, 004).
+
+It is easier to compare two answers than to write a good one (seed 000). So we sample several answers per
+prompt from the SFT model, have them compared, train a reward model (RM) to imitate the comparisons, and then
+let the policy maximise the RM's score, on a leash (a KL penalty) to the SFT model it started from. The RM
+is only a model of the labeler: optimise it too hard and the policy finds answers it scores high that the
+labeler would not like ("adversarial examples", seed 003). Because the built-in world's labeler is a known
+function (world.gold_score), we can watch this happen: the gold reward is measured at every step and never
+optimised.
+
+1. Comparisons, from one of: the simulated labeler (default; world.label, Bradley-Terry noise), a person at
+   the terminal (--label; 1/2/t(ie)/s(kip)/q(uit), saved as you go), or a JSONL file (--comparisons FILE,
+   one {"prompt", "chosen", "rejected"} per line, optional "tie", "chosen_ended", "rejected_ended").
+   Written to OUT_DIR/comparisons.jsonl.
+2. Reward model: the SFT transformer with a scalar head read at the last token (model.Transformer.score),
+   trained with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected); its held-out pairwise accuracy
+   is reported beside the accuracy the noisy labeler itself allows on the same pairs. OUT_DIR/rm.pt. A later
+   run reuses rm.pt when it was trained from the same SFT checkpoint, comparisons and settings.
+3. Policy optimisation: REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024,
+   "RLOO") over K samples per prompt, reward = RM score - kl_coef * KL(policy || SFT), optionally with PPO's
+   clipped ratio for several updates per batch (--ppo-epochs). The policy-gradient derivation (seed 004) is
+   written next to the loss, in `policy_loss`.
+4. Early stopping by a held-out spot check: every --eval-interval steps the labeler compares the current
+   policy's answer with the SFT model's answer on a fixed set of held-out prompts (fresh comparisons, the
+   periodic human check a team does by hand; counted in the label budget). OUT_DIR/rlhf.pt holds the policy
+   with the best spot-check win-rate; OUT_DIR/rlhf_last.pt the latest one (with the optimizer, for --resume).
+5. The exam: gold win-rate of the chosen policy against SFT on other held-out prompts (both sampled at
+   temperature 1, ties count half), KL to SFT, QA accuracy before and after (the alignment tax), the curve of
+   proxy and gold reward against KL (rl_curve.jsonl, rl_curve.svg), and what changed in the answers from the
+   gold peak to the end (the reward hacking, if any).
+
+Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2020; Ziegler et al. 2019):
+- No value network and no GAE: the baseline is the mean reward of the other K-1 samples of the same prompt,
+  and the advantage is one number per answer (the whole answer is one action for the credit assignment).
+- The reward (RM score minus the KL penalty) is given per answer, not per token; the KL penalty uses the
+  sampled estimate sum_t [log pi(a_t) - log pi_ref(a_t)] (the exact KL over the vocabulary is logged beside).
+- --ppo-epochs 1 (the default) is plain on-policy REINFORCE: the ratio is 1 and clipping never acts. With more
+  epochs, PPO's clipped ratio per token, on the same advantages; no minibatches, no value loss, no entropy bonus.
+- A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
+- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), trained on pairs instead of
+  K-way rankings, its scores normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on demonstrations).
+- Tiny everything: one process, prompts from the built-in world, answers of at most --max-new-tokens tokens.
+
+Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
+rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, report section rlhf_T)
+    python rlhf.py                                  # simulated labeler, RM, RL, exam: a few minutes on 2 CPU cores
+    python rlhf.py --kl-coef 0 --steps 300 --tag nokl   # reward hacking on purpose (reuses rm.pt)
+    python rlhf.py --label                          # be the labeler yourself (q saves and quits; run again to go on)
+    python rlhf.py --comparisons my_pairs.jsonl     # comparisons from a file
+"""
+import argparse
+import copy
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+import common
+import world as world_lib
+from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, load_checkpoint,
+                   save_checkpoint, token_logprobs)
+from tokenizer import Tokenizer, render_chat
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sequences: a prompt is a one-turn chat ending in <|assistant|>; an answer is its tokens, plus <|end|> if it ended
+
+def prompt_ids(tok, question):
+    return render_chat(tok, [{"role": "user", "content": question}], add_generation_prompt=True)[0]
+
+
+def answer_ids(tok, text, ended):
+    return tok.encode(text) + ([tok.end_id] if ended else [])
+
+
+def pad_batch(prompts, answers, device):
+    """Rows [prompt + answer], right-padded with 0: tokens (B, T), targets (B, T) = the next token where it is
+    an answer token and -1 elsewhere (prompt, padding: the one masking convention), lengths (B,)."""
+    T = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    x = [p + a + [0] * (T - len(p) - len(a)) for p, a in zip(prompts, answers)]
+    y = [[-1] * (len(p) - 1) + a + [-1] * (T - len(p) - len(a) + 1) for p, a in zip(prompts, answers)]
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers)]
+    return (torch.tensor(x, device=device), torch.tensor(y, device=device),
+            torch.tensor(lengths, device=device))
+
+
+def file_sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. comparisons
+
+def sample_answers(model, tok, items, k, max_new_tokens, generator):
+    """k answers per item at temperature 1, as [(ids, text, ended)] grouped by item (k consecutive rows)."""
+    return common.chat_answers(model, tok, [it["question"] for it in items for _ in range(k)], max_new_tokens,
+                               temperature=1.0, generator=generator)
+
+
+def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
+    """n comparisons by the simulated labeler: k answers per prompt, every pair of different answers labelled
+    (world.label: Bradley-Terry noise on the gold score). Each record keeps the labeler's agreement with the
+    gold ordering (its ceiling) and the gold scores, which only the report reads."""
+    rng, gen = random.Random(f"labeler-{seed}"), torch.Generator().manual_seed(seed)
+    records, pos, chunk = [], 0, 64
+    while len(records) < n and pos < len(items):
+        batch = items[pos:pos + chunk]
+        pos += chunk
+        answers = sample_answers(model, tok, batch, k, max_new_tokens, gen)
+        for i, it in enumerate(batch):
+            group = answers[i * k:(i + 1) * k]
+            for a in range(k):
+                for b in range(a + 1, k):
+                    (_, ta, ea), (_, tb, eb) = group[a], group[b]
+                    if (ta, ea) == (tb, eb) or len(records) == n:
+                        continue  # the same answer twice teaches nothing
+                    first = world_lib.label(it, ta, tb, rng, ea, eb)
+                    (tc, ec), (tr, er) = ((ta, ea), (tb, eb)) if first == 0 else ((tb, eb), (ta, ea))
+                    records.append({"prompt": it["question"], "chosen": tc, "rejected": tr, "chosen_ended": ec,
+                                    "rejected_ended": er, "labeler": "simulated",
+                                    "agreement": round(world_lib.labeler_agreement(it, ta, tb, ea, eb), 4),
+                                    "gold_chosen": round(world_lib.gold_score(it, tc, ec), 3),
+                                    "gold_rejected": round(world_lib.gold_score(it, tr, er), 3)})
+        log(f"comparisons: {len(records)}/{n} labelled ({pos} prompts x {k} answers sampled)", flush=True)
+    return records
+
+
+def label_at_terminal(pairs, path, ask=input, show=print):
+    """A person compares answers: for each (prompt, a, b, ended_a, ended_b) shows both and asks
+    1 / 2 / t (tie) / s (skip) / q (quit). Every answer is appended to `path` at once, so quitting (or Ctrl-C)
+    loses nothing. Returns the number of comparisons saved and whether the person quit."""
+    saved = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for i, (prompt, a, b, ea, eb) in enumerate(pairs):
+            show(f"\n[{i + 1}/{len(pairs)}] user: {prompt}")
+            show(f"  1: {a}{'' if ea else '  [cut off]'}")
+            show(f"  2: {b}{'' if eb else '  [cut off]'}")
+            while True:
+                try:
+                    choice = ask("better? 1 / 2 / t(ie) / s(kip) / q(uit): ").strip().lower()
+                except EOFError:
+                    choice = "q"
+                if choice in ("1", "2", "t", "tie", "s", "skip", "q", "quit"):
+                    break
+                show("please answer 1, 2, t, s or q")
+            if choice in ("q", "quit"):
+                return saved, True
+            if choice in ("s", "skip"):
+                continue
+            (c, ec), (r, er) = ((a, ea), (b, eb)) if choice != "2" else ((b, eb), (a, ea))
+            f.write(json.dumps({"prompt": prompt, "chosen": c, "rejected": r, "chosen_ended": ec,
+                                "rejected_ended": er, "tie": choice in ("t", "tie"), "labeler": "human"}) + "\n")
+            f.flush()
+            saved += 1
+    return saved, False
+
+
+def read_comparisons(path):
+    """Comparisons from JSONL, one {"prompt", "chosen", "rejected"} object per line (optional booleans "tie",
+    "chosen_ended", "rejected_ended"; other keys are kept). A bad line raises ValueError naming FILE:LINE."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no comparisons file at {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected an object with \"prompt\", \"chosen\" and \"rejected\"")
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{n}: \"{key}\" must be a string")
+        if not row["prompt"].strip():
+            raise ValueError(f"{path}:{n}: empty \"prompt\"")
+        for key in ("tie", "chosen_ended", "rejected_ended"):
+            if key in row and not isinstance(row[key], bool):
+                raise ValueError(f"{path}:{n}: \"{key}\" must be true or false")
+        records.append({"tie": False, "chosen_ended": True, "rejected_ended": True, **row, "line": n})
+    if not records:
+        raise ValueError(f"{path} holds no comparisons")
+    return records
+
+
+def write_comparisons(path, records):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "line"}) + "\n")
+    os.replace(tmp, path)
+
+
+def is_heldout(prompt, fraction):
+    """A fixed split by prompt (a hash, so it holds for any source): no held-out prompt is trained on."""
+    return int(hashlib.md5(prompt.encode()).hexdigest()[:8], 16) / 16**8 < fraction
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. the reward model
+
+def reward_model_from(policy):
+    """The SFT transformer plus a scalar head (model.py's reward_head), every other weight copied."""
+    rm = Transformer(ModelArgs.from_dict({**asdict(policy.args), "reward_head": True}))
+    missing, unexpected = rm.load_state_dict(policy.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("reward.") for k in missing), (missing, unexpected)
+    return rm.to(policy.tok_embeddings.weight.device)
+
+
+def bradley_terry_loss(r_chosen, r_rejected, tie=None):
+    """-log sigmoid(r_chosen - r_rejected): the negative log-likelihood of the labels under the Bradley-Terry
+    model P(chosen > rejected) = sigmoid(r_chosen - r_rejected). A tie is a target of 1/2."""
+    d = r_chosen - r_rejected
+    if tie is None:
+        return -F.logsigmoid(d).mean()
+    target = torch.where(tie, 0.5, 1.0)
+    return -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d)).mean()
+
+
+def pairwise_accuracy(r_chosen, r_rejected):
+    """Fraction of pairs the RM orders like the label (an exact tie of the scores counts half)."""
+    d = r_chosen - r_rejected
+    return ((d > 0).float() + 0.5 * (d == 0).float()).mean().item()
+
+
+def encode_pairs(tok, records, max_len, path):
+    """records -> [(prompt ids, chosen ids, rejected ids, tie)]; a pair longer than the context is an error
+    naming PATH:LINE."""
+    out = []
+    for r in records:
+        p = prompt_ids(tok, r["prompt"])
+        c, j = answer_ids(tok, r["chosen"], r["chosen_ended"]), answer_ids(tok, r["rejected"], r["rejected_ended"])
+        if len(p) + max(len(c), len(j)) > max_len:
+            raise ValueError(f"{path}:{r.get('line', '?')}: prompt + answer are longer than the model's {max_len}-token context")
+        out.append((p, c, j, r.get("tie", False)))
+    return out
+
+
+def score_answers(rm, prompts, answers, batch_size=128):
+    """RM scores (no grad) of a list of (prompt ids, answer ids)."""
+    device = rm.tok_embeddings.weight.device
+    scores = []
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            x, _, lengths = pad_batch(prompts[s:s + batch_size], answers[s:s + batch_size], device)
+            scores.append(rm.score(x, lengths))
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def pair_scores(rm, pairs, train=False):
+    """(r_chosen, r_rejected) for a list of encoded pairs, both halves in one padded batch."""
+    device = rm.tok_embeddings.weight.device
+    prompts = [p for p, _, _, _ in pairs] * 2
+    answers = [c for _, c, _, _ in pairs] + [j for _, _, j, _ in pairs]
+    if not train:
+        r = score_answers(rm, prompts, answers)
+    else:
+        x, _, lengths = pad_batch(prompts, answers, device)
+        r = rm.score(x, lengths)
+    return r[:len(pairs)], r[len(pairs):]
+
+
+def train_reward_model(rm, train_pairs, val_pairs, args, log):
+    """Bradley-Terry on the training pairs for --rm-epochs epochs (AdamW, warmup then linear decay)."""
+    device = rm.tok_embeddings.weight.device
+    opt = configure_optimizer(rm, args.rm_lr, 0.0, (0.9, 0.95), device.type)
+    steps_per_epoch = -(-len(train_pairs) // args.rm_batch_size)
+    max_steps = max(1, int(args.rm_epochs * steps_per_epoch))
+    gen = torch.Generator().manual_seed(args.seed)
+    rm.train()
+    t_last, order = common.Timer(), []
+    for step in range(max_steps):
+        if not order:
+            order = torch.randperm(len(train_pairs), generator=gen).tolist()
+        batch = [train_pairs[i] for i in order[:args.rm_batch_size]]
+        del order[:args.rm_batch_size]
+        lr = args.rm_lr * min((step + 1) / 10, (max_steps - step) / max(1, max_steps - 10))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        rc, rr = pair_scores(rm, batch, train=True)
+        tie = torch.tensor([t for *_, t in batch], device=device)
+        loss = bradley_terry_loss(rc, rr, tie)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % args.log_interval == 0 or step + 1 == max_steps:
+            dt = t_last() / args.log_interval
+            tokens = sum(len(p) * 2 + len(c) + len(j) for p, c, j, _ in batch)
+            acc = pairwise_accuracy(*pair_scores(rm, val_pairs)) if val_pairs else float("nan")
+            log(common.step_line(step + 1, max_steps, loss.item(), lr, dt, tokens, f" | held-out acc {acc:.1%}"),
+                flush=True)
+            t_last = common.Timer()
+    rm.eval()
+    return max_steps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. policy optimisation
+
+def rollout_batch(policy, ref, rm, tok, items, k, max_new_tokens, generator, reward_norm):
+    """K answers per prompt from the policy, as one padded batch with everything the update needs."""
+    device = policy.tok_embeddings.weight.device
+    answers = sample_answers(policy, tok, items, k, max_new_tokens, generator)
+    prompts = [prompt_ids(tok, it["question"]) for it in items for _ in range(k)]
+    ids = [a for a, _, _ in answers]
+    x, y, _ = pad_batch(prompts, ids, device)
+    # the RM reads the answer as text (as it read the comparisons), so re-encode it
+    proxy = score_answers(rm, prompts, [answer_ids(tok, t, e) for _, t, e in answers])
+    proxy = (proxy - reward_norm[0]) / reward_norm[1]
+    with torch.no_grad():
+        ref_logits = ref(x)  # (B, T, V)
+    gold = [world_lib.gold_score(it, t, e) for it, (_, t, e) in zip([it for it in items for _ in range(k)], answers)]
+    return dict(x=x, y=y, answers=answers, proxy=proxy, gold=torch.tensor(gold), ref_logits=ref_logits,
+                ref_logp=token_logprobs(ref_logits, y))
+
+
+def kl_exact(logits, ref_logits, mask):
+    """KL(policy || reference) summed over the answer positions, exact over the vocabulary: (B,)."""
+    logp, ref_logp = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
+    return ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum(1)
+
+
+def entropy_per_token(logits, mask):
+    logp = torch.log_softmax(logits.float(), -1)
+    return ((-(logp.exp() * logp).sum(-1) * mask).sum() / mask.sum()).item()
+
+
+def leave_one_out(rewards, k):
+    """Advantage of each answer = its reward minus the mean reward of the other k-1 answers to the same prompt.
+    The baseline does not depend on the answer it is subtracted from, so the gradient stays unbiased."""
+    r = rewards.view(-1, k)  # (prompts, k)
+    baseline = (r.sum(1, keepdim=True) - r) / (k - 1)
+    return (r - baseline).view(-1)
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip):
+    """The policy-gradient surrogate (seed 004). We want to climb J(theta) = E_{s ~ p_theta}[R(s)]:
+
+        grad J = sum_s R(s) grad p_theta(s)                        (R does not depend on theta)
+               = sum_s R(s) p_theta(s) grad log p_theta(s)         (log-derivative trick: grad p = p grad log p)
+               = E_{s ~ p_theta}[R(s) grad log p_theta(s)]         (an expectation: estimate it with samples)
+
+    and log p_theta(s) = sum_t log p_theta(a_t | prompt, a_<t), so each sampled answer pushes up the
+    log-probability of its tokens in proportion to its reward. Subtracting a baseline b that does not depend
+    on s leaves the expectation unchanged (E[grad log p] = grad sum_s p = grad 1 = 0) and cuts the variance:
+    R(s) becomes the advantage A(s) = R(s) - b (leave_one_out).
+
+    Written as PPO's clipped surrogate sum_t min(ratio_t A, clip(ratio_t, 1-eps, 1+eps) A) with
+    ratio_t = p_theta(a_t) / p_old(a_t): on the first update theta = old, the ratio is 1 with gradient
+    grad log p_theta(a_t), so the gradient is exactly A * grad log p_theta(s) above (REINFORCE); on later
+    updates of the same batch (--ppo-epochs > 1) the clip stops a token's ratio from moving beyond 1 +- eps."""
+    ratio = torch.exp(logp - old_logp)  # (B, T), 1 on the first update
+    A = advantages[:, None]
+    surrogate = torch.minimum(ratio * A, ratio.clamp(1 - clip, 1 + clip) * A) * mask
+    return -surrogate.sum(1).mean()  # minus: optimizers descend
+
+
+# ----------------------------------------------------------------------------------------------------------
+# measuring answers: the exam, the spot check, what the policy learned
+
+def answer_stats(answers):
+    """Per-answer means of what world.gold_score rewards or punishes, from (ids, text, ended) triples."""
+    polite = {p.lower() for p in world_lib.POLITE}
+    fillers = {s.lower() for s in world_lib.FILLERS}
+    n = max(1, len(answers))
+    rows = []
+    for ids, text, ended in answers:
+        sents = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+        rows.append((len(ids), len(text), sum(s in polite for s in sents), len(sents) - len(set(sents)),
+                     sum(s in fillers for s in sents), ended))
+    return {key: round(sum(r[i] for r in rows) / n, 3)
+            for i, key in enumerate(("tokens", "chars", "polite", "repeats", "fillers", "ended"))}
+
+
+def win_rate(a_scores, b_scores):
+    """Fraction of prompts where a beats b, ties counting half."""
+    return sum((x > y) + 0.5 * (x == y) for x, y in zip(a_scores, b_scores)) / max(1, len(a_scores))
+
+
+def spot_check(policy, tok, items, sft_answers, max_new_tokens, seed):
+    """The labeler compares the policy's answer with the SFT answer on each held-out prompt: the win-rate by
+    fresh (noisy) labels, one per prompt."""
+    answers = common.chat_answers(policy, tok, [it["question"] for it in items], max_new_tokens, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(seed))
+    rng = random.Random(f"spot-{seed}")
+    wins = [world_lib.label(it, t, s_t, rng, e, s_e) == 0
+            for it, (_, t, e), (_, s_t, s_e) in zip(items, answers, sft_answers)]
+    return sum(wins) / len(wins)
+
+
+def qa_accuracy(model, tok, items):
+    answers = common.chat_answers(model, tok, [it["question"] for it in items])  # greedy
+    return sum(world_lib.grade(it, t) for it, (_, t, _) in zip(items, answers)) / max(1, len(items))
+
+
+def smooth(values, w):
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - w + 1):i + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def curve_svg(rows, best_step, title):
+    """Proxy (RM) and gold reward against KL to SFT, as a hand-written SVG (no plotting dependency). Two y
+    axes: gold on the left, proxy on the right; moving averages over a few steps; the kept checkpoint marked."""
+    W, H, L, R, T, B = 680, 400, 70, 70, 40, 50
+    w = max(1, len(rows) // 15)
+    kl, gold, proxy = (smooth([r[k] for r in rows], w) for k in ("kl", "gold", "proxy"))
+    def scale(v, lo, hi, a, b):
+        return a + (v - lo) / ((hi - lo) or 1.0) * (b - a)
+    x_lo, x_hi = min(kl), max(kl)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{title}</text>',
+           f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="none" stroke="#888"/>']
+    for i in range(5):  # x ticks
+        v = x_lo + (x_hi - x_lo) * i / 4
+        x = scale(v, x_lo, x_hi, L, W - R)
+        out.append(f'<text x="{x:.1f}" y="{H - B + 16}" text-anchor="middle">{v:.2f}</text>')
+    out.append(f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">KL(policy || SFT), nats per answer</text>')
+    for series, color, side, name in ((gold, "#d62728", "left", "gold reward (labeler, measured only)"),
+                                      (proxy, "#1f77b4", "right", "proxy reward (reward model, optimised)")):
+        lo, hi = min(series), max(series)
+        lo, hi = lo - 0.05 * ((hi - lo) or 1), hi + 0.05 * ((hi - lo) or 1)
+        pts = " ".join(f"{scale(a, x_lo, x_hi, L, W - R):.1f},{scale(b, lo, hi, H - B, T):.1f}" for a, b in zip(kl, series))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for i in range(5):
+            v = lo + (hi - lo) * i / 4
+            y = scale(v, lo, hi, H - B, T)
+            x, anchor = (L - 6, "end") if side == "left" else (W - R + 6, "start")
+            out.append(f'<text x="{x}" y="{y + 4:.1f}" text-anchor="{anchor}" fill="{color}">{v:.2f}</text>')
+        y_leg = T + 16 if side == "left" else T + 32
+        out.append(f'<text x="{L + 10}" y="{y_leg}" fill="{color}">{name} ({side} axis)</text>')
+    best = [i for i, r in enumerate(rows) if r["step"] == best_step]
+    if best:
+        x = scale(kl[best[0]], x_lo, x_hi, L, W - R)
+        out.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{H - B}" stroke="#2ca02c" stroke-dasharray="4,3"/>')
+        out.append(f'<text x="{x + 4:.1f}" y="{H - B - 6}" fill="#2ca02c">kept (step {best_step})</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="RLHF: comparisons -> reward model -> policy optimisation with a "
+                                "KL leash to the SFT model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # I/O
+    p.add_argument("--out-dir", default="out", help="where sft.pt and tok.model are, and everything is written")
+    p.add_argument("--init", default=None, help="the SFT checkpoint: the policy's start and the frozen reference "
+                   "(default: OUT_DIR/sft.pt)")
+    p.add_argument("--tag", default="", help="name this RL run: writes rlhf_TAG.pt, rl_curve_TAG.* and report "
+                   "section rlhf_TAG (the comparisons and rm.pt are shared)")
+    p.add_argument("--resume", action="store_true", help="continue the RL run from OUT_DIR/rlhf[_TAG]_last.pt")
+    # comparisons
+    p.add_argument("--comparisons", default=None, help="JSONL of {\"prompt\", \"chosen\", \"rejected\"} to train "
+                   "the RM on (default: the simulated labeler)")
+    p.add_argument("--label", action="store_true", help="you are the labeler: compare answers at the terminal, "
+                   "appended to OUT_DIR/comparisons.jsonl as you go; q quits, a later --label run continues")
+    p.add_argument("--n-comparisons", type=int, default=1500, help="labelling budget (simulated or --label)")
+    p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt to compare")
+    p.add_argument("--retrain-rm", action="store_true", help="collect comparisons and train the RM even if "
+                   "OUT_DIR/rm.pt matches")
+    # reward model
+    p.add_argument("--rm-epochs", type=float, default=2.0, help="passes over the training comparisons")
+    p.add_argument("--rm-batch-size", type=int, default=32, help="comparisons per RM step")
+    p.add_argument("--rm-lr", type=float, default=3e-4, help="RM peak learning rate")
+    p.add_argument("--rm-heldout", type=float, default=0.15, help="fraction of prompts held out for RM accuracy")
+    # policy optimisation
+    p.add_argument("--steps", type=int, default=150, help="RL steps (one batch of rollouts each)")
+    p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per RL step")
+    p.add_argument("--samples", type=int, default=4, help="answers per prompt (K of the leave-one-out baseline)")
+    p.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (constant after warmup)")
+    p.add_argument("--kl-coef", type=float, default=0.05, help="beta: reward = RM score - beta * KL(policy||SFT)")
+    p.add_argument("--ppo-epochs", type=int, default=1, help="updates per batch (1: REINFORCE; more: PPO clipping)")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO ratio clip epsilon (acts with --ppo-epochs > 1)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="longest answer sampled")
+    # evaluation, logging
+    p.add_argument("--eval-interval", type=int, default=10, help="steps between spot checks + checkpoints")
+    p.add_argument("--spot-prompts", type=int, default=64, help="held-out prompts per spot check (labels each)")
+    p.add_argument("--eval-prompts", type=int, default=300, help="held-out prompts for the final gold win-rate")
+    p.add_argument("--exam-items", type=int, default=150, help="QA questions per set, before and after (0: skip)")
+    p.add_argument("--log-interval", type=int, default=5, help="steps between log lines")
+    p.add_argument("--sample-interval", type=int, default=50, help="steps between printed sample answers")
+    # system
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
+    args = p.parse_args(argv)
+    for name in ("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps", "prompts_per_step",
+                 "ppo_epochs", "max_new_tokens", "eval_interval", "spot_prompts", "eval_prompts", "log_interval",
+                 "sample_interval"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.samples < 2 or args.answers_per_prompt < 2:
+        p.error("--samples and --answers-per-prompt must be at least 2 (a baseline / a pair needs two)")
+    if not 0 < args.rm_heldout < 1:
+        p.error("--rm-heldout must be in (0, 1)")
+    if args.label and args.comparisons:
+        p.error("--label and --comparisons exclude each other")
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        p.error("--tag may contain only letters, digits, _ and -")
+    return args
+
+
+def main(argv=None):
+    args = get_args(argv)
+    common.keep_freed_memory()
+    device = common.pick_device(args.device)
+    timer = common.Timer()
+    log = print
+    init = args.init or os.path.join(args.out_dir, "sft.pt")
+    suffix = f"_{args.tag}" if args.tag else ""
+    stage = f"rlhf{suffix}"
+    rm_path, cmp_path = os.path.join(args.out_dir, "rm.pt"), os.path.join(args.out_dir, "comparisons.jsonl")
+    best_path, last_path = os.path.join(args.out_dir, f"{stage}.pt"), os.path.join(args.out_dir, f"{stage}_last.pt")
+    curve_path, svg_path = (os.path.join(args.out_dir, f"rl_curve{suffix}.{ext}") for ext in ("jsonl", "svg"))
+    torch.manual_seed(args.seed)
+    try:
+        tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+        sft, sft_ckpt = load_checkpoint(init, device, stages=("sft", "rlhf"))
+        base_args = sft_ckpt["args"].get("base_args", {})
+        world = world_lib.make_world(base_args.get("world_people", 200), base_args.get("world_seed", 1337))
+        file_records = read_comparisons(args.comparisons) if args.comparisons else None
+        ckpt = load_checkpoint(last_path, device, stages=("rlhf",))[1] if args.resume else None
+    except (CheckpointError, ValueError) as e:
+        common.fail(e)
+    if sft.args.vocab_size != tok.vocab_size:
+        common.fail(f"{init} has vocab {sft.args.vocab_size} but {args.out_dir}/tok.model has {tok.vocab_size}")
+    sft.eval()
+    sft_sha = file_sha(init)
+    train_items, heldout_items = world_lib.rl_prompts(world, "train"), world_lib.rl_prompts(world, "heldout")
+    spot_items = heldout_items[:args.spot_prompts]
+    eval_items = heldout_items[args.spot_prompts:args.spot_prompts + args.eval_prompts]
+    if not eval_items:
+        common.fail(f"the world has only {len(heldout_items)} held-out prompts: lower --spot-prompts")
+    log(f"policy: {sft.num_params() / 1e6:.2f}M parameters from {init} | world of {len(world.people)} people: "
+        f"{len(train_items)} train / {len(heldout_items)} held-out prompts | device {device}")
+
+    # ------------------------------------------------------------------------------------------------------
+    # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
+    if args.label:  # the person labels first; what they saved decides the rest
+        records = []
+        if os.path.exists(cmp_path):
+            try:
+                records = read_comparisons(cmp_path)
+            except ValueError as e:
+                common.fail(f"{e} (move the file away to start over)")
+            if any(r.get("labeler") != "human" for r in records):  # simulated ones can be made again
+                records = [r for r in records if r.get("labeler") == "human"]
+                write_comparisons(cmp_path, records)
+        todo = args.n_comparisons - len(records)
+        if todo > 0:
+            rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
+            items = rng.sample(train_items, min(len(train_items), todo))
+            answers = sample_answers(sft, tok, items, 2, args.max_new_tokens,
+                                     torch.Generator().manual_seed(args.seed + len(records)))
+            pairs = [(it["question"], answers[2 * i][1], answers[2 * i + 1][1], answers[2 * i][2],
+                      answers[2 * i + 1][2]) for i, it in enumerate(items)]
+            log(f"labelling: {len(records)} comparisons saved so far, {todo} to go. Which answer is better?")
+            saved, quit_ = label_at_terminal(pairs, cmp_path)
+            if quit_:
+                log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `python rlhf.py --label` again "
+                    f"to continue, or train on them now with --comparisons {cmp_path}")
+                return
+        source = f"human:{file_sha(cmp_path)}"
+    elif file_records is not None:
+        source = f"file:{file_sha(args.comparisons)}"
+    else:
+        source = f"simulated:{args.n_comparisons}x{args.answers_per_prompt}:{args.max_new_tokens}:{args.seed}"
+    rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
+              "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
+    rm = None
+    if os.path.exists(rm_path) and not args.retrain_rm:
+        try:
+            rm, rm_ckpt = load_checkpoint(rm_path, device, stages=("rm",))
+        except CheckpointError as e:
+            common.fail(f"{e} (use --retrain-rm to replace it)")
+        if rm_ckpt.get("rm_key") != rm_key:
+            rm = None
+        else:
+            log(f"reward model: reusing {rm_path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
+    if rm is None:
+        t_rm = common.Timer()
+        if args.label:
+            records = read_comparisons(cmp_path)
+        elif file_records is not None:
+            records = file_records
+            if os.path.abspath(args.comparisons) != os.path.abspath(cmp_path):
+                write_comparisons(cmp_path, records)
+        else:
+            if os.path.exists(cmp_path):
+                try:
+                    human = any(r.get("labeler") == "human" for r in read_comparisons(cmp_path))
+                except ValueError:
+                    human = False
+                if human:
+                    common.fail(f"{cmp_path} holds a person's comparisons: train on them with --comparisons "
+                                f"{cmp_path} (or --label), or move the file away for the simulated labeler")
+            log(f"comparisons: the simulated labeler compares {args.answers_per_prompt} SFT answers per prompt ...")
+            records = simulated_comparisons(sft, tok, train_items, args.n_comparisons, args.answers_per_prompt,
+                                            args.max_new_tokens, args.seed, log)
+            write_comparisons(cmp_path, records)
+        try:
+            pairs = encode_pairs(tok, records, sft.args.max_seq_len, args.comparisons or cmp_path)
+        except ValueError as e:
+            common.fail(e)
+        held = [is_heldout(r["prompt"], args.rm_heldout) for r in records]
+        train_pairs = [p for p, h in zip(pairs, held) if not h]
+        val_pairs = [p for p, h, r in zip(pairs, held, records) if h and not r.get("tie")]
+        val_records = [r for h, r in zip(held, records) if h and not r.get("tie")]
+        if len(train_pairs) < 2 or not val_pairs:
+            common.fail(f"{len(records)} comparisons are too few to train and test a reward model "
+                        f"({len(train_pairs)} train, {len(val_pairs)} held-out)")
+        rm = reward_model_from(sft)
+        log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
+            f"before training the held-out accuracy is {pairwise_accuracy(*pair_scores(rm, val_pairs)):.1%}")
+        rm_steps = train_reward_model(rm, train_pairs, val_pairs, args, log)
+        accuracy = pairwise_accuracy(*pair_scores(rm, val_pairs))
+        ceiling = (sum(r["agreement"] for r in val_records) / len(val_records)
+                   if all("agreement" in r for r in val_records) else None)
+        gold_acc = None
+        if all("gold_chosen" in r for r in val_records):  # the RM against the truth, not the noisy labels
+            rc, rr = pair_scores(rm, val_pairs)
+            ok = [(a > b) == (r["gold_chosen"] > r["gold_rejected"]) for a, b, r in zip(rc.tolist(), rr.tolist(), val_records)
+                  if r["gold_chosen"] != r["gold_rejected"]]
+            gold_acc = sum(ok) / max(1, len(ok))
+        # normalise the RM's scale on the SFT answers it was trained on: mean 0, std 1
+        uniq = {(r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected")}
+        scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in uniq], [answer_ids(tok, a, e) for _, a, e in uniq])
+        reward_norm = (scores.mean().item(), scores.std().item() + 1e-6)
+        rm_metrics = {"accuracy": round(accuracy, 4), "labeler_ceiling": round(ceiling, 4) if ceiling is not None else None,
+                      "accuracy_vs_gold": round(gold_acc, 4) if gold_acc is not None else None,
+                      "comparisons": len(records), "train_pairs": len(train_pairs), "heldout_pairs": len(val_pairs),
+                      "steps": rm_steps, "source": source.split(":")[0], "wall_s": round(t_rm(), 1)}
+        save_checkpoint(rm_path, rm, "rm", step=rm_steps, args={**vars(args), "base_args": base_args, "init": init},
+                        rm_key=rm_key, reward_norm=list(reward_norm), metrics=rm_metrics)
+        ceiling_text = (f"the noisy labeler itself agrees with the better answer on **{ceiling:.1%}** of these pairs "
+                        f"(its ceiling: no model can predict its coin flips)" if ceiling is not None
+                        else "the labeler's own ceiling is unknown for this source")
+        lines = ["## Reward model (`python rlhf.py`)", "",
+                 f"{len(records)} comparisons ({source.split(':')[0]} labeler) of SFT answers, "
+                 f"{args.answers_per_prompt} per prompt; Bradley-Terry loss, {rm_steps} steps from the SFT weights.",
+                 f"Wall time {rm_metrics['wall_s']:.0f} s.", "",
+                 f"- held-out pairwise accuracy (against the labels, {len(val_pairs)} pairs on unseen prompts): "
+                 f"**{accuracy:.1%}**; {ceiling_text}"]
+        if gold_acc is not None:
+            lines.append(f"- against the true (gold) ordering instead of the noisy labels: {gold_acc:.1%}")
+        common.update_report(args.out_dir, "rm", rm_metrics, "\n".join(lines))
+        log(f"reward model: held-out accuracy {accuracy:.1%}" + (f" | labeler ceiling {ceiling:.1%}" if ceiling else "")
+            + (f" | vs gold order {gold_acc:.1%}" if gold_acc is not None else "") + f" | saved {rm_path}")
+    else:
+        reward_norm = tuple(rm_ckpt["reward_norm"])
+    rm.eval()
+    for p in list(rm.parameters()) + list(sft.parameters()):
+        p.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 3: the policy starts as a copy of the SFT model; the SFT model stays frozen as the reference
+    policy = copy.deepcopy(sft)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    policy.train()
+    optimizer = configure_optimizer(policy, args.lr, 0.0, (0.9, 0.95), device.split(":")[0])
+    run_args = {**vars(args), "base_args": base_args, "init": init}
+    sft_spot = common.chat_answers(sft, tok, [it["question"] for it in spot_items], args.max_new_tokens,
+                                   temperature=1.0, generator=torch.Generator().manual_seed(args.seed + 1))
+    step, rows, best = 0, [], {"step": 0, "spot": -1.0}
+    if ckpt is not None:
+        policy.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, best = ckpt["step"], ckpt["best"]
+        with open(curve_path) as f:
+            rows = [r for r in map(json.loads, f) if r["step"] <= step]
+        log(f"resuming at step {step} (best spot check so far {best['spot']:.1%} at step {best['step']})")
+
+    def checkpoint(spot):
+        """The spot check decides what rlhf.pt holds; rlhf_last.pt always has the latest (to resume)."""
+        if spot is not None and spot > best["spot"]:
+            best.update(step=step, spot=spot)
+            save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot)
+        save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best)
+        with open(curve_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(curve_path + ".tmp", curve_path)
+
+    log(f"RL: {args.steps} steps x {args.prompts_per_step} prompts x {args.samples} answers | kl-coef {args.kl_coef} "
+        f"| lr {args.lr} | {'REINFORCE' if args.ppo_epochs == 1 else f'PPO-clip, {args.ppo_epochs} epochs'}")
+    if step == 0:
+        spot = spot_check(policy, tok, spot_items, sft_spot, args.max_new_tokens, args.seed)
+        log(f"step 0: spot check, SFT against itself: {spot:.1%} (noise level of the check)")
+        best.update(step=0, spot=spot)
+        save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot)
+    t_rl, t_last = common.Timer(), common.Timer()
+    try:
+        while step < args.steps:
+            lr = args.lr * min(1.0, (step + 1) / 10)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            rng = random.Random(f"rl-{args.seed}-{step}")  # the prompts of a step depend only on (seed, step)
+            items = rng.sample(train_items, args.prompts_per_step)
+            batch = rollout_batch(policy, sft, rm, tok, items, args.samples, args.max_new_tokens,
+                                  torch.Generator().manual_seed(args.seed * 100_003 + step), reward_norm)
+            x, y = batch["x"], batch["y"]
+            mask = (y != -1).float()
+            for epoch in range(args.ppo_epochs):
+                logits = policy(x)  # (B, T, V)
+                logp = token_logprobs(logits, y)  # (B, T), 0 off the answer
+                if epoch == 0:
+                    old_logp = logp.detach()
+                    kl_sampled = (old_logp - batch["ref_logp"]).sum(1)  # (B,) sum_t log pi/pi_ref at the samples
+                    kl = kl_exact(logits.detach(), batch["ref_logits"], mask)
+                    entropy = entropy_per_token(logits.detach(), mask)
+                    reward = batch["proxy"] - args.kl_coef * kl_sampled  # InstructGPT's r - beta * log(pi / pi_ref)
+                    advantages = leave_one_out(reward, args.samples)
+                loss = policy_loss(logp, old_logp, advantages, mask, args.clip)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            stats = answer_stats(batch["answers"])
+            correct = sum(world_lib.grade(it, t) for it, (_, t, _) in
+                          zip([it for it in items for _ in range(args.samples)], batch["answers"])) / len(batch["answers"])
+            row = {"step": step, "proxy": round(batch["proxy"].mean().item(), 4), "gold": round(batch["gold"].mean().item(), 4),
+                   "kl": round(kl.mean().item(), 4), "kl_sampled": round(kl_sampled.mean().item(), 4),
+                   "entropy": round(entropy, 4), "correct": round(correct, 4), **stats}
+            if step % args.eval_interval == 0 or step == args.steps:
+                row["spot"] = spot_check(policy, tok, spot_items, sft_spot, args.max_new_tokens, args.seed)
+            rows.append(row)
+            if step % args.log_interval == 0 or step == args.steps or step == 1:
+                n = 1 if step == 1 else min(args.log_interval, step)
+                dt = t_last() / n
+                log(common.step_line(step, args.steps, loss.item(), lr, dt, x.numel(),
+                                     f" | proxy {row['proxy']:+.2f} | gold {row['gold']:+.2f} | kl {row['kl']:.2f} "
+                                     f"(sampled {row['kl_sampled']:.2f}) | len {row['tokens']:.0f} | entropy {entropy:.2f}"),
+                    flush=True)
+                t_last = common.Timer()
+            if "spot" in row:
+                checkpoint(row["spot"])
+                log(f"step {step}: spot check win-rate vs SFT {row['spot']:.1%} (best {best['spot']:.1%} at step "
+                    f"{best['step']})", flush=True)
+            if step % args.sample_interval == 0:
+                for it, (_, t, e) in list(zip([it for it in items for _ in range(args.samples)], batch["answers"]))[:4:2]:
+                    log(f"  sample | {it['question']} -> {t!r}{'' if e else ' [not ended]'}")
+    except KeyboardInterrupt:
+        optimizer.zero_grad(set_to_none=True)
+        rows = [r for r in rows if r["step"] <= step]
+        checkpoint(None)
+        log(f"\nstopped at step {step}: saved {last_path}; continue with --resume{' --tag ' + args.tag if args.tag else ''}")
+        sys.exit(130)
+    rl_s = t_rl()
+    if not rows:
+        common.fail(f"nothing to report: the run already has {step} of --steps {args.steps} steps")
+
+    # ------------------------------------------------------------------------------------------------------
+    # 4 + 5: the exam, on the kept checkpoint; the curve; what changed between the gold peak and the end
+    log("exam: gold win-rate against SFT on held-out prompts, KL, QA before and after ...", flush=True)
+    last_stats = {k: rows[-1][k] for k in ("proxy", "gold", "kl")}
+    kept, _ = load_checkpoint(best_path, device, stages=("rlhf",))
+    kept.eval()
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    questions = [it["question"] for it in eval_items]
+    rl_ans = common.chat_answers(kept, tok, questions, args.max_new_tokens, temperature=1.0, generator=gen)
+    sft_ans = common.chat_answers(sft, tok, questions, args.max_new_tokens, temperature=1.0, generator=gen)
+    rl_gold = [world_lib.gold_score(it, t, e) for it, (_, t, e) in zip(eval_items, rl_ans)]
+    sft_gold = [world_lib.gold_score(it, t, e) for it, (_, t, e) in zip(eval_items, sft_ans)]
+    winrate = win_rate(rl_gold, sft_gold)
+    x, y, _ = pad_batch([prompt_ids(tok, q) for q in questions], [a for a, _, _ in rl_ans], device)
+    with torch.no_grad():
+        eval_kl = kl_exact(kept(x), sft(x), (y != -1).float()).mean().item()
+    metrics = {"gold_winrate_vs_sft": round(winrate, 4), "kl": round(eval_kl, 4),
+               "gold_rlhf": round(sum(rl_gold) / len(rl_gold), 4), "gold_sft": round(sum(sft_gold) / len(sft_gold), 4),
+               "kept_step": best["step"], "spot_winrate": round(best["spot"], 4), "steps": step,
+               "kl_coef": args.kl_coef, "final": last_stats, "qa_after": None, "qa_before": None}
+    qa_lines = []
+    if args.exam_items > 0:
+        sets = {"seen": world_lib.qa_items(world, world.sft_people, "exam")[:args.exam_items],
+                "unseen": world_lib.qa_items(world, world.pretrain_only_people, "exam")[:args.exam_items]}
+        acc = {(name, who): qa_accuracy(m, tok, items) for name, items in sets.items() for who, m in (("sft", sft), ("rl", kept))}
+        n_all = sum(len(v) for v in sets.values())
+        for who, key in (("sft", "qa_before"), ("rl", "qa_after")):
+            metrics[key] = round(sum(acc[(n, who)] * len(sets[n]) for n in sets) / n_all, 4)
+        for n in sets:
+            metrics[f"qa_{n}_before"], metrics[f"qa_{n}_after"] = round(acc[(n, "sft")], 4), round(acc[(n, "rl")], 4)
+        qa_lines = [common.md_table(["exam questions (greedy)", "SFT", "RLHF"],
+                                    [[f"people {n} in SFT", f"{acc[(n, 'sft')]:.1%}", f"{acc[(n, 'rl')]:.1%}"] for n in sets]
+                                    + [["all", f"{metrics['qa_before']:.1%}", f"{metrics['qa_after']:.1%}"]])]
+    with open(svg_path, "w") as f:
+        f.write(curve_svg(rows, best["step"], f"RLHF, kl-coef {args.kl_coef}: proxy and gold reward vs KL"))
+
+    # the peak of the (smoothed) gold reward against the end of the run
+    w = max(1, len(rows) // 15)
+    gold_s, proxy_s = smooth([r["gold"] for r in rows], w), smooth([r["proxy"] for r in rows], w)
+    peak = max(range(len(rows)), key=lambda i: gold_s[i])
+    keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended")
+    at = lambda i: {k: sum(r[k] for r in rows[max(0, i - w + 1):i + 1]) / len(rows[max(0, i - w + 1):i + 1]) for k in keys}  # noqa: E731
+    start, top, end = at(0), at(peak), at(len(rows) - 1)
+    drop = (top["gold"] - end["gold"]) / abs(top["gold"]) if top["gold"] else 0.0
+    # what the policy changed from the gold peak to the end, in gold-score units (the weights of world.gold_score)
+    costs = {"polite phrases per answer": 0.4 * (end["polite"] - top["polite"]),
+             "repeated sentences per answer": 1.0 * (end["repeats"] - top["repeats"]),
+             "filler sentences per answer": 0.3 * (end["fillers"] - top["fillers"]),
+             "answer length (characters)": 0.5 * (max(0, end["chars"] - 160) - max(0, top["chars"] - 160)) / 100,
+             "answers not ended": 1.0 * (top["ended"] - end["ended"]),
+             "wrong answers": 3.0 * (top["correct"] - end["correct"])}
+    exploited = sorted((k for k in costs if costs[k] > 0.05), key=lambda k: -costs[k])
+    metrics.update(gold_peak=round(top["gold"], 4), gold_peak_step=rows[peak]["step"], gold_end=round(end["gold"], 4),
+                   gold_drop_from_peak=round(drop, 4), proxy_end_minus_peak=round(end["proxy"] - top["proxy"], 4),
+                   proxy_rising_at_end=proxy_s[-1] > proxy_s[max(0, len(rows) - 1 - 2 * w)],
+                   exploited=exploited)
+    metrics["wall_s"] = round(timer(), 1)
+    command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
+    title = f"## RLHF{f' run `{args.tag}`' if args.tag else ''} (`{command}`)"
+    lines = [title, "",
+             f"REINFORCE with a leave-one-out baseline ({args.samples} answers per prompt), reward = RM score - "
+             f"{args.kl_coef} x KL(policy || SFT){'' if args.ppo_epochs == 1 else f', PPO clip {args.clip} over {args.ppo_epochs} epochs'}; "
+             f"{step} steps x {args.prompts_per_step} prompts, lr {args.lr}. Wall time {metrics['wall_s']:.0f} s (RL {rl_s:.0f} s).", "",
+             f"- gold win-rate of the kept policy against SFT on {len(eval_items)} held-out prompts (both sampled at "
+             f"temperature 1, ties half): **{winrate:.1%}**; mean gold score {metrics['gold_rlhf']:+.2f} vs SFT "
+             f"{metrics['gold_sft']:+.2f}",
+             f"- KL(policy || SFT) on those answers: **{eval_kl:.2f}** nats per answer",
+             f"- kept checkpoint `{os.path.basename(best_path)}`: step {best['step']} of {step}, chosen by the spot check "
+             f"(labeler win-rate vs SFT on {len(spot_items)} other held-out prompts: {best['spot']:.1%}); the last "
+             f"policy is `{os.path.basename(last_path)}`", ""]
+    lines += qa_lines + ["", f"![proxy and gold reward vs KL]({os.path.basename(svg_path)})", "",
+                         f"Per-step numbers in `{os.path.basename(curve_path)}`.", "",
+                         "### Over-optimisation: the gold peak against the end of the run", "",
+                         common.md_table(["", "step", "proxy (RM)", "gold", "KL", "correct", "polite/answer",
+                                          "repeated sent.", "fillers", "chars", "ended"],
+                                         [[name, rows[i]["step"], f"{s['proxy']:+.2f}", f"{s['gold']:+.2f}", f"{s['kl']:.2f}",
+                                           f"{s['correct']:.0%}", f"{s['polite']:.2f}", f"{s['repeats']:.2f}",
+                                           f"{s['fillers']:.2f}", f"{s['chars']:.0f}", f"{s['ended']:.0%}"]
+                                          for name, i, s in (("start", 0, start), ("gold peak", peak, top),
+                                                             ("end", len(rows) - 1, end))]), ""]
+    if drop > 0.05 and end["proxy"] > top["proxy"]:
+        lines.append(f"The proxy reward went on rising ({top['proxy']:+.2f} -> {end['proxy']:+.2f}) while the gold reward "
+                     f"fell {drop:.0%} below its peak ({top['gold']:+.2f} -> {end['gold']:+.2f}): reward hacking. "
+                     + ("What the policy exploited, in gold-score cost: " + "; ".join(f"{k} (costs {costs[k]:.2f})" for k in exploited)
+                        if exploited else "No single feature of world.gold_score explains the fall."))
+    else:
+        lines.append(f"No over-optimisation in this run: gold at the end is {end['gold']:+.2f} against its peak "
+                     f"{top['gold']:+.2f}; proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}.")
+    lines += ["", "Sample answers of the kept policy and of SFT (held-out prompts, temperature 1):", "",
+              common.md_table(["question", "SFT", "gold", "RLHF", "gold"],
+                              [[it["question"], s_t, f"{sg:+.1f}", r_t, f"{rg:+.1f}"] for it, (_, s_t, _), (_, r_t, _), sg, rg
+                               in list(zip(eval_items, sft_ans, rl_ans, sft_gold, rl_gold))[:6]])]
+    if best["step"] != step:  # the end of the run too: where hacking shows
+        last = load_checkpoint(last_path, device, stages=("rlhf",))[0].eval()
+        end_ans = common.chat_answers(last, tok, questions[:4], args.max_new_tokens, temperature=1.0,
+                                      generator=torch.Generator().manual_seed(args.seed + 3))
+        lines += ["", f"Answers of the last policy (step {step}):", "",
+                  common.md_table(["question", "answer", "gold"],
+                                  [[it["question"], t, f"{world_lib.gold_score(it, t, e):+.1f}"]
+                                   for it, (_, t, e) in zip(eval_items, end_ans)])]
+    common.update_report(args.out_dir, stage, metrics, "\n".join(lines))
+    log(f"exam: gold win-rate vs SFT {winrate:.1%} | KL {eval_kl:.2f} | gold {metrics['gold_rlhf']:+.2f} vs SFT "
+        f"{metrics['gold_sft']:+.2f} | QA {metrics['qa_before']} -> {metrics['qa_after']} | gold peak {top['gold']:+.2f} "
+        f"(step {rows[peak]['step']}) -> end {end['gold']:+.2f}, proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}")
+    log(f"done in {metrics['wall_s']:.0f} s: {best_path} (step {best['step']}), {last_path}, {svg_path}, "
+        f"report in {args.out_dir}/report.md")
+
+
+if __name__ == "__main__":
+    main()

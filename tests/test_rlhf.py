@@ -1,0 +1,180 @@
+"""rlhf.py: the Bradley-Terry loss and accuracy, log-probs only on answer tokens, KL 0 against itself, the
+policy gradient raises a toy reward, the terminal labeler saves exactly what was chosen and continues where
+it stopped, bad comparison files are reported by line, and a tiny run writes and reuses what it should."""
+import io
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import rlhf
+from model import ModelArgs, Transformer, generate, save_checkpoint, token_logprobs
+
+
+def tiny_model(vocab=600, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=vocab, max_seq_len=96))
+
+
+@pytest.fixture
+def out_dir(tmp_path, tok):
+    """An out dir with the tiny world's tokenizer and an (untrained) 'sft.pt' of the 12-person world."""
+    shutil.copy(tok.model_file, tmp_path / "tok.model")
+    save_checkpoint(str(tmp_path / "sft.pt"), tiny_model(tok.vocab_size), "sft",
+                    args={"base_args": {"world_people": 12, "world_seed": 7}})
+    return tmp_path
+
+
+FAST = ["--max-new-tokens", "8", "--spot-prompts", "8", "--eval-prompts", "8", "--exam-items", "4",
+        "--prompts-per-step", "2", "--samples", "2", "--rm-batch-size", "8", "--log-interval", "1"]
+
+
+def test_bradley_terry_loss_and_accuracy_on_a_toy():
+    d = torch.tensor([0.0, 1.0, -2.0])
+    loss = rlhf.bradley_terry_loss(d, torch.zeros(3))
+    assert loss.item() == pytest.approx(-torch.log(torch.sigmoid(d)).mean().item())
+    assert rlhf.bradley_terry_loss(torch.zeros(1), torch.zeros(1)).item() == pytest.approx(0.6931, abs=1e-4)
+    # a tie is a target of 1/2: its loss is smallest when the two scores are equal
+    tie = torch.tensor([True])
+    assert (rlhf.bradley_terry_loss(torch.zeros(1), torch.zeros(1), tie)
+            < rlhf.bradley_terry_loss(torch.ones(1), torch.zeros(1), tie))
+    assert rlhf.pairwise_accuracy(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.0])) == 0.625
+    # a linear reward learns the hidden preference from noisy Bradley-Terry labels
+    g = torch.Generator().manual_seed(0)
+    w_true = torch.tensor([2.0, -1.0, 0.5])
+    a, b = torch.randn(2000, 3, generator=g), torch.randn(2000, 3, generator=g)
+    a_wins = torch.rand(2000, generator=g) < torch.sigmoid(a @ w_true - b @ w_true)
+    chosen, rejected = torch.where(a_wins[:, None], a, b), torch.where(a_wins[:, None], b, a)
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(300):
+        loss = rlhf.bradley_terry_loss(chosen[:1500] @ w, rejected[:1500] @ w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = rlhf.pairwise_accuracy(chosen[1500:] @ w, rejected[1500:] @ w)
+    ceiling = rlhf.pairwise_accuracy(chosen[1500:] @ w_true, rejected[1500:] @ w_true)  # the labels are noisy
+    assert acc > 0.7 and abs(acc - ceiling) < 0.03
+    assert torch.cosine_similarity(w.detach(), w_true, dim=0) > 0.98
+
+
+def test_logprobs_only_on_answer_tokens():
+    model = tiny_model(50)
+    prompts, answers = [[1, 5, 6, 7], [1, 8]], [[9, 10, 2], [11]]
+    x, y, lengths = rlhf.pad_batch(prompts, answers, "cpu")
+    assert x.shape == (2, 7) and lengths.tolist() == [7, 3]
+    assert [t for t in y[0].tolist() if t != -1] == answers[0] and [t for t in y[1].tolist() if t != -1] == answers[1]
+    lp = token_logprobs(model(x), y)
+    assert (lp[y == -1] == 0).all() and (lp[y != -1] < 0).all()
+    # each answer's log-prob equals the one computed on it alone, without padding
+    for p, a, row in zip(prompts, answers, lp):
+        seq = torch.tensor([p + a])
+        alone = torch.log_softmax(model(seq)[0, len(p) - 1:-1], -1).gather(-1, torch.tensor(a)[:, None]).sum()
+        assert row.sum().item() == pytest.approx(alone.item(), abs=1e-4)
+
+
+def test_kl_is_zero_when_policy_equals_reference():
+    model, other = tiny_model(50), tiny_model(50, seed=1)
+    x, y, _ = rlhf.pad_batch([[1, 5, 6]] * 3, [[7, 8], [9], [10, 11, 12]], "cpu")
+    mask = (y != -1).float()
+    logits = model(x)
+    assert torch.allclose(rlhf.kl_exact(logits, logits.clone(), mask), torch.zeros(3), atol=1e-6)
+    assert (rlhf.kl_exact(logits, other(x), mask) > 0).all()
+    # the sampled estimate is exactly 0 too, and the leave-one-out advantages of equal rewards vanish
+    assert (token_logprobs(logits, y) - token_logprobs(logits, y)).abs().sum() == 0
+    assert torch.allclose(rlhf.leave_one_out(torch.tensor([1.0, 1.0, 3.0, 1.0]), 2), torch.tensor([0.0, 0.0, 2.0, -2.0]))
+
+
+def test_policy_gradient_raises_a_toy_reward():
+    """Reward = how many of the 6 sampled tokens are even: REINFORCE with the leave-one-out baseline must raise it."""
+    torch.manual_seed(0)
+    policy = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=16, max_seq_len=16))
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    prompt, k = torch.tensor([[1, 2]] * 32), 4  # 8 prompts x 4 samples
+    means = []
+    for _ in range(25):
+        answers = generate(policy, prompt, 6, temperature=1.0, generator=gen)
+        reward = torch.tensor([sum(t % 2 == 0 for t in a) for a in answers], dtype=torch.float)
+        x, y, _ = rlhf.pad_batch(prompt.tolist(), answers, "cpu")
+        logp = token_logprobs(policy(x), y)
+        loss = rlhf.policy_loss(logp, logp.detach(), rlhf.leave_one_out(reward, k), (y != -1).float(), 0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        means.append(reward.mean().item())
+    assert sum(means[-5:]) / 5 > sum(means[:5]) / 5 + 1.0
+
+
+def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
+    pairs = [("Q1?", "a1", "b1", True, True), ("Q2?", "a2", "b2", True, False), ("Q3?", "a3", "b3", True, True),
+             ("Q4?", "a4", "b4", False, True), ("Q5?", "a5", "b5", True, True)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\nnonsense\n2\ns\nt\nq\n"))
+    path = tmp_path / "comparisons.jsonl"
+    saved, quit_ = rlhf.label_at_terminal(pairs, str(path), show=lambda *a: None)
+    assert (saved, quit_) == (3, True)
+    rows = [json.loads(line) for line in open(path)]
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["tie"]) for r in rows] == [
+        ("Q1?", "a1", "b1", False), ("Q2?", "b2", "a2", False), ("Q4?", "a4", "b4", True)]
+    assert rows[1]["chosen_ended"] is False and rows[1]["rejected_ended"] is True
+    assert rlhf.read_comparisons(str(path))[2]["tie"] is True  # what it saves, it reads back
+
+
+def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys):
+    args = ["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST]
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\n2\nq\n"))
+    rlhf.main(args)
+    first = open(out_dir / "comparisons.jsonl").read().splitlines()
+    assert len(first) == 2 and "run `python rlhf.py --label` again" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("t\n"))  # then end of input: quits, keeping what was said
+    rlhf.main(args)
+    second = open(out_dir / "comparisons.jsonl").read().splitlines()
+    assert second[:2] == first and len(second) == 3 and json.loads(second[2])["tie"] is True
+    assert "4 to go" in capsys.readouterr().out
+    assert not os.path.exists(out_dir / "rm.pt")
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"prompt": "Q?", "chosen": "a"', "bad JSON"),
+    ('["Q?", "a", "b"]', "expected an object"),
+    ('{"prompt": "Q?", "chosen": "a"}', '"rejected" must be a string'),
+    ('{"prompt": "", "chosen": "a", "rejected": "b"}', "empty \"prompt\""),
+    ('{"prompt": "Q?", "chosen": "a", "rejected": "b", "tie": "yes"}', '"tie" must be true or false'),
+    ('{"prompt": "Q?", "chosen": "' + "word " * 300 + '", "rejected": "b"}', "longer than the model's"),
+])
+def test_malformed_comparison_files_are_reported_by_line(out_dir, line, why):
+    good = json.dumps({"prompt": "Where does Anna live?", "chosen": "Anna lives in Dunmore.", "rejected": "Cat."})
+    path = out_dir / "pairs.jsonl"
+    path.write_text(good + "\n\n" + line + "\n" + good + "\n")
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(path), *FAST])
+    assert "pairs.jsonl:3: " in str(e.value) and why in str(e.value)
+    assert not os.path.exists(out_dir / "rm.pt")
+
+
+def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
+            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+    path = out_dir / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = ["--out-dir", str(out_dir), "--comparisons", str(path), "--steps", "4", "--eval-interval", "2",
+           "--rm-heldout", "0.3", *FAST]
+    rlhf.main(run)
+    for name in ("comparisons.jsonl", "rm.pt", "rlhf.pt", "rlhf_last.pt", "rl_curve.jsonl", "rl_curve.svg"):
+        assert os.path.exists(out_dir / name), name
+    report = json.load(open(out_dir / "report.json"))
+    assert {"accuracy", "labeler_ceiling", "wall_s"} <= set(report["rm"])
+    assert {"gold_winrate_vs_sft", "kl", "qa_after", "wall_s"} <= set(report["rlhf"])
+    assert 0 <= report["rlhf"]["gold_winrate_vs_sft"] <= 1 and report["rlhf"]["kl"] >= 0
+    curve = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
+    assert [r["step"] for r in curve] == [1, 2, 3, 4] and "spot" in curve[1]
+    assert open(out_dir / "rl_curve.svg").read().count("<polyline") == 2
+    capsys.readouterr()
+    rlhf.main(run + ["--tag", "nokl", "--kl-coef", "0"])
+    assert "reusing" in capsys.readouterr().out
+    assert os.path.exists(out_dir / "rlhf_nokl.pt") and os.path.exists(out_dir / "rl_curve_nokl.svg")
+    report = json.load(open(out_dir / "report.json"))
+    assert "rlhf_nokl" in report and "rlhf" in report
+    assert open(out_dir / "report.md").read().count("## Reward model") == 1
