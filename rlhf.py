@@ -298,8 +298,9 @@ def train_reward_model(rm, train_pairs, val_pairs, args, log):
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if (step + 1) % args.log_interval == 0 or step + 1 == max_steps:
-            dt = t_last() / args.log_interval
+        every = max(1, max_steps // 4)  # four log lines, each with the held-out accuracy
+        if (step + 1) % every == 0 or step + 1 == max_steps:
+            dt = t_last() / every
             tokens = sum(len(p) * 2 + len(c) + len(j) for p, c, j, _ in batch)
             acc = pairwise_accuracy(*pair_scores(rm, val_pairs)) if val_pairs else float("nan")
             log(common.step_line(step + 1, max_steps, loss.item(), lr, dt, tokens, f" | held-out acc {acc:.1%}"),
@@ -597,29 +598,35 @@ def main(argv=None):
             log(f"reward model: reusing {rm_path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
     if rm is None:
         t_rm = common.Timer()
+        human_file = False
+        if os.path.exists(cmp_path) and not args.label:  # a person's labels are never overwritten
+            try:
+                human_file = any(r.get("labeler") == "human" for r in read_comparisons(cmp_path))
+            except ValueError:
+                pass
         if args.label:
             records = read_comparisons(cmp_path)
         elif file_records is not None:
             records = file_records
-            if os.path.abspath(args.comparisons) != os.path.abspath(cmp_path):
-                write_comparisons(cmp_path, records)
         else:
-            if os.path.exists(cmp_path):
-                try:
-                    human = any(r.get("labeler") == "human" for r in read_comparisons(cmp_path))
-                except ValueError:
-                    human = False
-                if human:
-                    common.fail(f"{cmp_path} holds a person's comparisons: train on them with --comparisons "
-                                f"{cmp_path} (or --label), or move the file away for the simulated labeler")
+            if human_file:
+                common.fail(f"{cmp_path} holds a person's comparisons: train on them with --comparisons "
+                            f"{cmp_path}, or move the file away for the simulated labeler")
             log(f"comparisons: the simulated labeler compares {args.answers_per_prompt} SFT answers per prompt ...")
-            records = simulated_comparisons(sft, tok, train_items, args.n_comparisons, args.answers_per_prompt,
-                                            args.max_new_tokens, args.seed, log)
-            write_comparisons(cmp_path, records)
+            try:
+                records = simulated_comparisons(sft, tok, train_items, args.n_comparisons, args.answers_per_prompt,
+                                                args.max_new_tokens, args.seed, log)
+            except KeyboardInterrupt:
+                log("\nstopped while collecting comparisons: nothing written")
+                sys.exit(130)
         try:
             pairs = encode_pairs(tok, records, sft.args.max_seq_len, args.comparisons or cmp_path)
         except ValueError as e:
             common.fail(e)
+        if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_path):
+            if human_file:
+                common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
+            write_comparisons(cmp_path, records)
         held = [is_heldout(r["prompt"], args.rm_heldout) for r in records]
         train_pairs = [p for p, h in zip(pairs, held) if not h]
         val_pairs = [p for p, h, r in zip(pairs, held, records) if h and not r.get("tie")]
@@ -630,7 +637,11 @@ def main(argv=None):
         rm = reward_model_from(sft)
         log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
             f"before training the held-out accuracy is {pairwise_accuracy(*pair_scores(rm, val_pairs)):.1%}")
-        rm_steps = train_reward_model(rm, train_pairs, val_pairs, args, log)
+        try:
+            rm_steps = train_reward_model(rm, train_pairs, val_pairs, args, log)
+        except KeyboardInterrupt:
+            log(f"\nstopped while training the reward model: {rm_path} not written ({cmp_path} is kept)")
+            sys.exit(130)
         accuracy = pairwise_accuracy(*pair_scores(rm, val_pairs))
         ceiling = (sum(r["agreement"] for r in val_records) / len(val_records)
                    if all("agreement" in r for r in val_records) else None)

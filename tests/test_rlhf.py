@@ -151,7 +151,7 @@ def test_malformed_comparison_files_are_reported_by_line(out_dir, line, why):
     with pytest.raises(SystemExit) as e:
         rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(path), *FAST])
     assert "pairs.jsonl:3: " in str(e.value) and why in str(e.value)
-    assert not os.path.exists(out_dir / "rm.pt")
+    assert not os.path.exists(out_dir / "rm.pt") and not os.path.exists(out_dir / "comparisons.jsonl")
 
 
 def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
