@@ -178,7 +178,7 @@ class World:
 # -----------------------------------------------------------------------------
 # Building the world
 
-def make_world(n_people=200, seed=1337):
+def make_world(n_people=100, seed=1337):
     """Draw n_people people with unique names, their facts, and the SFT / pretrain-only split."""
     assert 2 <= n_people <= len(FIRST_NAMES), f"n_people must be in 2..{len(FIRST_NAMES)}"
     assert n_people <= len(MOTHER_FIRST_NAMES) * len(LAST_NAMES), "not enough mother names"
@@ -387,12 +387,14 @@ def _fair_order(items, seed, tag):
 
 
 def recall_items(world):
-    """Completion prompts cut from the canonical sentences: 'Anna Berg lives in' -> 'Dunmore'."""
+    """Completion prompts cut from the canonical sentences, at the start of a bio page as the corpus writes
+    them: "People of the valley: Anna Ward\n\nAnna Ward lives in" -> "Dunmore". "bare_prompt" is the
+    sentence alone, with no document around it (harder for a small model: no genre, no page topic)."""
     items = []
     for p in world.people:
         for a in ATTRIBUTES:
-            prompt = CANONICAL[a].split(" {value}")[0].format(name=p.name)
-            items.append(_item(world, p, a, prompt=prompt))
+            bare = CANONICAL[a].split(" {value}")[0].format(name=p.name)
+            items.append(_item(world, p, a, prompt=f"People of the valley: {p.name}\n\n{bare}", bare_prompt=bare))
     return _fair_order(items, world.seed, "recall")
 
 
@@ -617,11 +619,16 @@ def labeler_agreement(item, a, b, ended_a=True, ended_b=True):
 def main():
     import argparse
     parser = argparse.ArgumentParser(description="Print a sample of the built-in world and corpus statistics.")
-    parser.add_argument("--n-people", type=int, default=200, help="number of people in the world")
+    parser.add_argument("--n-people", type=int, default=100, help="number of people in the world")
     parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
+    parser.add_argument("--questions", type=int, default=0,
+                        help="print only this many exam questions about pretraining-only people, one per line")
     args = parser.parse_args()
 
     world = make_world(args.n_people, args.seed)
+    if args.questions:  # e.g. piped into `run.py out/model.bin --chat`
+        print("\n".join(it["question"] for it in qa_items(world, world.pretrain_only_people)[:args.questions]))
+        return
     rng = random.Random(0)
     p = world.people[0]
     print(f"world: {len(world.people)} people ({len(world.sft_people)} sft, "

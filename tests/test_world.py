@@ -79,7 +79,7 @@ def test_canonical_sentences_and_all_phrasings_in_corpus():
     world, train, _, _ = built()
     text = "\n".join(train)
     for item in W.recall_items(world):
-        assert f"{item['prompt']} {item['answer']}." in text
+        assert f"{item['bare_prompt']} {item['answer']}." in text
     for item in W.qa_items(world, world.people, phrasings="all"):
         assert f"Q: {item['question']}\nA: " in text
     # each fact appears in several documents, not one
