@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -88,6 +89,14 @@ class Dist:
     def close(self):
         if self.enabled:
             dist.destroy_process_group()
+
+
+def get_batch(data, batch_size, seq_len, generator):
+    """batch_size random windows of seq_len + 1 tokens of a flat token array (train.bin) -> inputs x and
+    targets y, each (B, T)."""
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator).tolist()
+    xy = torch.from_numpy(np.stack([data[i:i + seq_len + 1].astype(np.int64) for i in ix]))  # (B, T+1)
+    return xy[:, :-1], xy[:, 1:]
 
 
 def lr_at(step, max_steps, lr, warmup, min_lr):

@@ -26,14 +26,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
-                   load_checkpoint, lm_loss, save_checkpoint, unwrap)
+                   load_checkpoint, lm_loss, save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
 # Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
 # explicitly on the command line override a preset's values.
 PRESETS = {
     "world": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=1024, seq_len=256,
-                  batch_size=16, grad_accum=1, lr=2e-3, max_steps=600, warmup=60),
+                  batch_size=16, grad_accum=1, lr=3e-3, max_steps=700, warmup=60),
     "stories260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512,
                         batch_size=8, grad_accum=1, lr=5e-4, max_steps=100_000, warmup=1000),
     "stories15m": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256,
@@ -137,13 +137,6 @@ def prepare_data(args, log):
     return meta
 
 
-def get_batch(data, batch_size, seq_len, generator):
-    """batch_size random windows of seq_len + 1 tokens -> inputs x and targets y, each (B, T)."""
-    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator).tolist()
-    xy = torch.from_numpy(np.stack([data[i:i + seq_len + 1].astype(np.int64) for i in ix]))  # (B, T+1)
-    return xy[:, :-1], xy[:, 1:]
-
-
 @torch.no_grad()
 def estimate_loss(model, data, batch_size, seq_len, batches, device, ctx, seed=0):
     """Mean loss over a fixed set of windows (the same ones every time, so evaluations are comparable)."""
@@ -151,7 +144,7 @@ def estimate_loss(model, data, batch_size, seq_len, batches, device, ctx, seed=0
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(batches):
-        x, y = get_batch(data, batch_size, min(seq_len, len(data) - 2), gen)
+        x, y = common.get_batch(data, batch_size, min(seq_len, len(data) - 2), gen)
         with ctx:
             losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
     model.train()
@@ -161,24 +154,27 @@ def estimate_loss(model, data, batch_size, seq_len, batches, device, ctx, seed=0
 # ----------------------------------------------------------------------------------------------------------
 # the pretraining exam
 
-def complete(model, tok, prompts, max_new_tokens, device):
+def complete(model, tok, prompts, max_new_tokens):
     """Greedy completions of text prompts (after BOS), cut at the first newline."""
     outs = generate_many(model, [[tok.bos_id] + tok.encode(p) for p in prompts], max_new_tokens,
                          temperature=0.0, stop_id=tok.eos_id)
     return [tok.decode([t for t in o if t != tok.eos_id]).split("\n")[0] for o in outs]
 
 
-def pretrain_exam(model, tok, world, device, n_items):
+def pretrain_exam(model, tok, world, n_items):
     """Fact recall by completion and Q/A-framed accuracy on the world's exam questions."""
     recall = world_lib.recall_items(world)[:n_items]
-    answers = complete(model, tok, [it["prompt"] for it in recall], 10, device)
+    answers = complete(model, tok, [it["prompt"] for it in recall], 10)
     recall_ok = [world_lib.grade(it, a) for it, a in zip(recall, answers)]
+    bare = complete(model, tok, [it["bare_prompt"] for it in recall], 10)
+    bare_ok = [world_lib.grade(it, a) for it, a in zip(recall, bare)]
     qa = world_lib.qa_items(world, world.people, "exam")[:n_items]
-    qa_answers = complete(model, tok, [world_lib.qa_framed(it["question"]) for it in qa], 16, device)
+    qa_answers = complete(model, tok, [world_lib.qa_framed(it["question"]) for it in qa], 16)
     qa_ok = [world_lib.grade(it, a) for it, a in zip(qa, qa_answers)]
     examples = [(it["prompt"], a, ok) for it, a, ok in list(zip(recall, answers, recall_ok))[:4]]
     examples += [(world_lib.qa_framed(it["question"]), a, ok) for it, a, ok in list(zip(qa, qa_answers, qa_ok))[:4]]
-    return sum(recall_ok) / len(recall_ok), sum(qa_ok) / len(qa_ok), examples
+    mean = lambda oks: sum(oks) / len(oks)  # noqa: E731
+    return mean(recall_ok), mean(bare_ok), mean(qa_ok), examples
 
 
 def dream(model, tok, n, max_new_tokens, seed):
@@ -199,7 +195,7 @@ def get_args(argv=None):
     p.add_argument("--out-dir", default="out", help="where the tokenizer, token files, checkpoint and report go")
     p.add_argument("--data", default=None, help="text file, directory, TinyStories .json shards or .txt; "
                    "default: the built-in world")
-    p.add_argument("--world-people", type=int, default=200, help="size of the built-in world (people)")
+    p.add_argument("--world-people", type=int, default=100, help="size of the built-in world (people)")
     p.add_argument("--world-seed", type=int, default=1337, help="seed of the built-in world")
     p.add_argument("--resume", action="store_true", help="continue from out/base.pt (optimizer, step, RNG)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (a fresh run otherwise)")
@@ -318,7 +314,7 @@ def main(argv=None):
             lr = common.lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x, y = get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)
+            x, y = common.get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)
             loss_sum = 0.0
             for k in range(micro_per_rank):
                 rows = slice((k * ddp.world_size + ddp.rank) * args.batch_size,
@@ -366,17 +362,18 @@ def main(argv=None):
     val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, 4 * args.eval_batches, device, ctx)
     metrics = {"val_loss": round(val_loss, 4), "fact_recall": None, "qa_framed": None, "steps": step,
                "params": model.num_params(), "train_tokens": meta["train_tokens"], "seed": args.seed}
-    lines = [f"## Pretraining (`python train.py`)", "",
+    lines = ["## Pretraining (`python train.py`)", "",
              f"{model.num_params() / 1e6:.2f}M parameters, {step} steps x {tokens_per_step:,} tokens, "
              f"seed {args.seed}, on {device}.", "", f"- validation loss: **{val_loss:.3f}**"]
     if not args.data and args.exam_items > 0:
         world = world_lib.make_world(args.world_people, args.world_seed)
-        recall, qa, examples = pretrain_exam(model, tok, world, device, args.exam_items)
-        metrics.update(fact_recall=round(recall, 4), qa_framed=round(qa, 4))
-        lines += [f"- fact recall by completion (training facts): **{recall:.1%}**",
+        recall, bare, qa, examples = pretrain_exam(model, tok, world, args.exam_items)
+        metrics.update(fact_recall=round(recall, 4), fact_recall_bare=round(bare, 4), qa_framed=round(qa, 4))
+        lines += [f"- fact recall by completion of a bio page (\"People of the valley: Anna Ward\\n\\nAnna Ward "
+                  f"lives in\"): **{recall:.1%}**; of the bare sentence, with no page around it: {bare:.1%}",
                   f"- Q/A-framed accuracy (seed 001's \"Q: ... A:\" hack, exam phrasings): **{qa:.1%}**", "",
                   common.md_table(["prompt", "greedy completion", "correct"], examples)]
-        log(f"exam: val loss {val_loss:.3f} | fact recall {recall:.1%} | Q/A-framed {qa:.1%}")
+        log(f"exam: val loss {val_loss:.3f} | fact recall {recall:.1%} (bare sentence {bare:.1%}) | Q/A-framed {qa:.1%}")
     else:
         log(f"exam: val loss {val_loss:.3f}")
     dreams = dream(model, tok, 3, 120, args.seed)

@@ -2,11 +2,16 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tokenizer  # noqa: E402
 import world  # noqa: E402
+
+# The test models are tiny: one thread is as fast as two for them, and it cannot fall into OpenMP's
+# spin-waiting when the other core is busy (which made a 3 s fixture take minutes on a loaded machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

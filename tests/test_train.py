@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import common
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
     os.makedirs(stopped)
     for f in ("data.json", "tok.model", "train.bin", "val.bin"):  # same prepared data for both runs
         shutil.copy(full / f, stopped / f)
-    real_get_batch, calls = train.get_batch, []
+    real_get_batch, calls = common.get_batch, []
 
     def interrupted(*a, **k):  # Ctrl-C while drawing step 5's batch: calls 1-3 are steps 1-3,
         calls.append(1)         # 4-5 the val loss at step 3, 6 is step 4, 7 is step 5
@@ -50,11 +51,11 @@ def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_get_batch(*a, **k)
 
-    monkeypatch.setattr(train, "get_batch", interrupted)
+    monkeypatch.setattr(common, "get_batch", interrupted)
     with pytest.raises(SystemExit) as e:
         run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0")
     assert e.value.code == 130 and torch.load(stopped / "base.pt", weights_only=True)["step"] == 4
-    monkeypatch.setattr(train, "get_batch", real_get_batch)
+    monkeypatch.setattr(common, "get_batch", real_get_batch)
     run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0", "--resume")
     a = torch.load(full / "base.pt", weights_only=True)["model"]
     b = torch.load(stopped / "base.pt", weights_only=True)["model"]
