@@ -21,6 +21,7 @@ import os
 import random
 import sys
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -152,6 +153,11 @@ def get_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decay on 2-D weights")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="conversations held out for val loss")
+    # Pretraining text mixed into every step (InstructGPT's "ptx" mix, here during SFT): without it the
+    # model memorised the SFT people and forgot how to reach what it knew about the others (measured on
+    # the default world: 35% -> 72% on pretraining-only people; 91% -> 96% on SFT people).
+    p.add_argument("--pretrain-mix", type=int, default=16, help="windows of OUT_DIR/train.bin per step (0: off)")
+    p.add_argument("--pretrain-mix-len", type=int, default=128, help="tokens per pretraining window")
     # evaluation, logging
     p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     p.add_argument("--eval-interval", type=int, default=100, help="steps between val loss + checkpoint")
@@ -207,6 +213,12 @@ def main(argv=None):
         f"{sum(sum(t != -1 for t in y) for _, y in train):,} supervised tokens; "
         f"{truncated} cut to fit the context at a turn boundary, {dropped} dropped (first answer does not fit)")
 
+    mix_data = None
+    if args.pretrain_mix > 0:
+        mix_path = os.path.join(args.out_dir, "train.bin")
+        if not os.path.exists(mix_path):
+            common.fail(f"--pretrain-mix needs the pretraining tokens at {mix_path} (or --pretrain-mix 0)")
+        mix_data = np.memmap(mix_path, dtype=np.uint16, mode="r")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, 0.95), device.split(":")[0])
     start_step = 0
     if args.resume:
@@ -240,6 +252,13 @@ def main(argv=None):
             x, y = collate(batch_rows(step), device)
             with ctx:
                 loss = lm_loss(train_model(x), y)
+                if mix_data is not None:  # the same next-token loss on pretraining text, drawn anew per step
+                    # (through the unwrapped model: DDP's forward runs once a step, the gradients of both
+                    # losses reach the parameters before its one all-reduce)
+                    gen = torch.Generator().manual_seed((args.seed * 100_003 + step) * ddp.world_size + ddp.rank)
+                    px, py = common.get_batch(mix_data, max(1, args.pretrain_mix // ddp.world_size),
+                                              min(args.pretrain_mix_len, model.args.max_seq_len), gen)
+                    loss = loss + lm_loss(model(px.to(device)), py.to(device))
             loss.backward()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -248,7 +267,8 @@ def main(argv=None):
             step += 1
             if step % args.log_interval == 0 or step == max_steps:
                 dt = t_last() / args.log_interval
-                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, x.numel() * ddp.world_size,
+                tokens = (x.numel() + args.pretrain_mix * args.pretrain_mix_len // ddp.world_size) * ddp.world_size
+                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, tokens,
                                      f" | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
                 t_last = common.Timer()
             if step % args.eval_interval == 0 or step == max_steps:

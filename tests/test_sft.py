@@ -1,0 +1,77 @@
+"""sft.py: the supervised targets are exactly the assistant's tokens, bad chat files stop the run with a
+line number before any training, long conversations are cut only at turn boundaries, and a short
+finetune on the tiny world turns the base model into something that answers and stops."""
+import json
+import os
+import shutil
+
+import pytest
+
+import sft
+import train
+from tokenizer import render_chat
+
+TINY_BASE = ["--world-people", "12", "--world-seed", "7", "--dim", "64", "--n-layers", "2", "--n-heads", "4",
+             "--vocab-size", "600", "--seq-len", "96", "--batch-size", "8", "--warmup", "5", "--lr", "3e-3",
+             "--max-steps", "300", "--eval-interval", "300", "--log-interval", "50", "--exam-items", "0"]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("base")
+    train.main(["--out-dir", str(d), *TINY_BASE])
+    return d
+
+
+def test_targets_are_the_assistant_tokens_and_end(tok):
+    msgs = [{"role": "user", "content": "Where does Anna live?"}, {"role": "assistant", "content": "In Dunmore."},
+            {"role": "user", "content": "And her pet?"}, {"role": "assistant", "content": "A cat."}]
+    x, y = sft.encode_conversation(tok, msgs, 256)
+    ids, _ = render_chat(tok, msgs)
+    assert x == ids[:-1] and len(y) == len(x)
+    assert [t for t in y if t != -1] == tok.encode("In Dunmore.") + [tok.end_id] + tok.encode("A cat.") + [tok.end_id]
+    # each supervised target is the token that follows its input position
+    assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
+
+
+def test_long_conversations_lose_whole_turns(tok):
+    msgs = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."},
+            {"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok " * 100}]
+    x, y = sft.encode_conversation(tok, msgs, 40)
+    assert [t for t in y if t != -1] == tok.encode("Here.") + [tok.end_id]
+    assert sft.encode_conversation(tok, msgs[2:], 40) is None
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"messages": [', "bad JSON"),
+    ('{"messages": [{"role": "robot", "content": "hi"}]}', "unknown role"),
+    ('{"messages": []}', "non-empty"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}', "alternate"),
+    ('{"text": "no messages"}', "\"messages\" list"),
+    ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant message"),
+])
+def test_malformed_jsonl_is_reported_by_line_before_training(tmp_path, base_dir, line, why):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    path = tmp_path / "chats.jsonl"
+    path.write_text(good + "\n" + good + "\n" + line + "\n")
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(out), "--data", str(path)])
+    assert "chats.jsonl:3: " in str(e.value) and why in str(e.value)
+    assert not os.path.exists(out / "sft.pt")
+
+
+def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--epochs", "0", "--exam-items", "40"])  # 1 step: the exam before SFT
+    before = json.load(open(out / "report.json"))["sft"]
+    sft.main(["--out-dir", str(out), "--epochs", "6", "--batch-size", "16", "--lr", "3e-3", "--exam-items", "40",
+              "--pretrain-mix", "8", "--pretrain-mix-len", "64"])
+    after = json.load(open(out / "report.json"))["sft"]
+    assert after["stop_rate"] > before["stop_rate"] + 0.5
+    assert after["qa_seen"] > before["qa_seen"]
+    assert {"qa_seen", "qa_unseen", "reversal", "stop_rate", "wall_s"} <= set(after)
+    report = open(out / "report.md").read()
+    assert report.count("## SFT") == 1
