@@ -1,0 +1,198 @@
+"""
+The arena: a leaderboard like the ones of seeds 002 and 003 (LMArena): models answer the same held-out
+questions, a judge compares the answers of two models at a time, and Elo-style ratings come out of the
+wins and losses. Our judge is the world's simulated labeler (noisy, like people), so the ratings measure
+what the labeler prefers, not the gold score directly.
+
+Contestants are checkpoints or exported blobs. A base checkpoint answers with the "Q: ... A:" framing of
+seed 001 (a document generator has no chat format); SFT and RLHF checkpoints and blobs answer as chats.
+Ratings are a Bradley-Terry fit to all battles (as LMArena computes them, rather than the order-dependent
+online Elo update), on the Elo scale (400 points = 10:1 odds), mean 1000, with 95% intervals from
+resampling the questions.
+
+    python arena.py                                   # out/base.pt, sft.pt, rlhf.pt, rlhf_nokl.pt (those present)
+    python arena.py out/sft.pt out/model.bin other/rlhf.pt --questions 200
+"""
+import argparse
+import itertools
+import os
+import random
+
+import numpy as np
+import torch
+
+import common
+import run as runtime
+import world as world_lib
+from model import CheckpointError, generate_many, load_checkpoint
+from tokenizer import Tokenizer
+
+DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl.pt"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# contestants: anything that answers a list of questions with (text, ended) pairs
+
+def checkpoint_player(path, out_dir, temperature, max_new_tokens, seed):
+    """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model."""
+    model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"))
+    model.eval()
+    tok = Tokenizer(os.path.join(os.path.dirname(path) or out_dir, "tok.model"))
+    gen = torch.Generator().manual_seed(seed)
+    base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
+
+    def answer(questions):
+        if ckpt["stage"] != "base":
+            return [(text, ended) for _, text, ended in common.chat_answers(
+                model, tok, questions, max_new_tokens, temperature=temperature, generator=gen)]
+        prompts = [[tok.bos_id] + tok.encode(world_lib.qa_framed(q)) for q in questions]
+        outs = generate_many(model, prompts, max_new_tokens, temperature=temperature, stop_id=tok.eos_id,
+                             generator=gen)
+        texts = [tok.decode([t for t in o if t != tok.eos_id]) for o in outs]
+        return [(t.split("\n")[0].strip(), "\n" in t or (bool(o) and o[-1] == tok.eos_id)) for t, o in zip(texts, outs)]
+    return answer, base_args
+
+
+def blob_player(path, temperature, max_new_tokens, seed):
+    """Answers from an exported blob, computed by run.py (NumPy), exactly as a user would get them."""
+    header, weights, release = runtime.load_blob(path)
+    model = runtime.Transformer(header["model_args"], weights, release)
+    tok = runtime.Tokenizer(header["tokenizer"], header["chat"])
+    rng = random.Random(seed)
+
+    def answer(questions):
+        out = []
+        for q in questions:
+            ids = runtime.render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
+            new = list(runtime.generate(model, ids, 0, max_new_tokens,
+                                        lambda logits: runtime.sample_next(logits, temperature, 0, 1.0, rng),
+                                        stop_id=tok.end_id))
+            ended = bool(new) and new[-1] == tok.end_id
+            out.append((tok.decode([t for t in new if t != tok.end_id]).strip(), ended))
+        return out
+    return answer, {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# battles and ratings
+
+def battles(items, answers, seed):
+    """Every pair of contestants on every question, judged by the noisy labeler: (question, i, j, winner)."""
+    rng = random.Random(seed)
+    out = []
+    for q, item in enumerate(items):
+        for i, j in itertools.combinations(range(len(answers)), 2):
+            (a, ended_a), (b, ended_b) = answers[i][q], answers[j][q]
+            pick = world_lib.label(item, a, b, rng, ended_a, ended_b)
+            out.append((q, i, j, i if pick == 0 else j))
+    return out
+
+
+def bradley_terry(results, n, iters=200):
+    """Ratings on the Elo scale from (i, j, winner) triples: the maximum-likelihood Bradley-Terry strengths
+    (Hunter's 2004 MM iteration), with a tiny prior of one draw against the average player, so a model
+    that won or lost everything still gets a finite rating. Mean rating 1000."""
+    wins = np.full((n, n), 0.0)
+    for i, j, w in results:
+        wins[w, j if w == i else i] += 1.0
+    games = wins + wins.T + 1.0  # the +1 (half a win each way) is the prior
+    wins = wins + 0.5
+    np.fill_diagonal(games, 0.0)
+    np.fill_diagonal(wins, 0.0)
+    p = np.ones(n)
+    for _ in range(iters):
+        p = wins.sum(1) / (games / (p[:, None] + p[None, :])).sum(1)
+        p /= np.exp(np.log(p).mean())
+    r = 400.0 * np.log10(p)
+    return r - r.mean() + 1000.0
+
+
+def ratings_with_intervals(fights, n, n_questions, rounds=200, seed=0):
+    """Point ratings, and 95% intervals from refitting on questions resampled with replacement."""
+    by_q = {}
+    for q, i, j, w in fights:
+        by_q.setdefault(q, []).append((i, j, w))
+    point = bradley_terry([f for fs in by_q.values() for f in fs], n)
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(rounds):
+        qs = [rng.randrange(n_questions) for _ in range(n_questions)]
+        samples.append(bradley_terry([f for q in qs for f in by_q.get(q, [])], n))
+    lo, hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
+    return point, lo, hi
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="Rate models by pairwise battles judged by the simulated labeler.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("contestants", nargs="*", help="checkpoints (.pt) or blobs (.bin); default: "
+                   "base.pt, sft.pt, rlhf.pt, rlhf_nokl.pt in OUT_DIR, those that exist")
+    p.add_argument("--out-dir", default="out", help="where the default contestants are and the report goes")
+    p.add_argument("--questions", type=int, default=150, help="held-out questions every contestant answers")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every contestant")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="longest answer")
+    p.add_argument("--world-people", type=int, default=None, help="world size (default: from the first checkpoint)")
+    p.add_argument("--world-seed", type=int, default=None, help="world seed (default: from the first checkpoint)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the labeler's noise")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    timer = common.Timer()
+    paths = args.contestants or [os.path.join(args.out_dir, f) for f in DEFAULT_CONTESTANTS
+                                 if os.path.exists(os.path.join(args.out_dir, f))]
+    if len(paths) < 2:
+        common.fail(f"the arena needs at least two contestants (found {len(paths)} in {args.out_dir})")
+    players, names, world_args = [], [], {}
+    for path in paths:
+        try:
+            if path.endswith(".pt"):
+                answer, base_args = checkpoint_player(path, args.out_dir, args.temperature, args.max_new_tokens,
+                                                      args.seed)
+                world_args = world_args or base_args
+            else:
+                answer, _ = blob_player(path, args.temperature, args.max_new_tokens, args.seed)
+        except (CheckpointError, runtime.BlobError, ValueError) as e:
+            common.fail(e)
+        players.append(answer)
+        names.append(os.path.splitext(os.path.basename(path))[0] + (" (Q/A framing)" if path.endswith("base.pt") else ""))
+    world = world_lib.make_world(args.world_people or world_args.get("world_people", 100),
+                                 args.world_seed if args.world_seed is not None else world_args.get("world_seed", 1337))
+    items = world_lib.rl_prompts(world, "heldout")[:args.questions]
+    print(f"arena: {len(names)} contestants x {len(items)} held-out questions: {', '.join(names)}", flush=True)
+    answers = []
+    for name, answer in zip(names, players):
+        answers.append(answer([it["question"] for it in items]))
+        print(f"  {name}: answered", flush=True)
+    fights = battles(items, answers, args.seed)
+    point, lo, hi = ratings_with_intervals(fights, len(names), len(items), seed=args.seed)
+    wins = [sum(w == i for _, a, b, w in fights if i in (a, b)) / max(1, sum(i in (a, b) for _, a, b, _ in fights))
+            for i in range(len(names))]
+    gold = [sum(world_lib.gold_score(it, t, e) for it, (t, e) in zip(items, ans)) / len(items) for ans in answers]
+    correct = [sum(world_lib.grade(it, t) for it, (t, _) in zip(items, ans)) / len(items) for ans in answers]
+    order = sorted(range(len(names)), key=lambda i: -point[i])
+    rows = [[k + 1, names[i], f"{point[i]:.0f}", f"{lo[i]:.0f} to {hi[i]:.0f}", f"{wins[i]:.1%}",
+             f"{correct[i]:.1%}", f"{gold[i]:.2f}"] for k, i in enumerate(order)]
+    table = common.md_table(["rank", "model", "rating", "95% interval", "battles won", "correct", "mean gold"], rows)
+    print(table)
+    examples = [[items[0]["question"]] + [answers[i][0][0] for i in order]]
+    metrics = {"elo": {names[i]: round(float(point[i]), 1) for i in order},
+               "elo_ci": {names[i]: [round(float(lo[i]), 1), round(float(hi[i]), 1)] for i in order},
+               "battles": len(fights), "questions": len(items), "wall_s": round(timer(), 1)}
+    md = "\n".join(["## Arena (`python arena.py`)", "",
+                    f"{len(names)} models answered the same {len(items)} held-out questions (sampled at temperature "
+                    f"{args.temperature}); the simulated labeler judged every pair on every question ({len(fights)} "
+                    "battles). Ratings: Bradley-Terry fit on the Elo scale, 95% intervals from resampling questions. "
+                    "\"correct\" and \"mean gold\" are the hidden gold measures, shown beside what the noisy judge saw.",
+                    "", table, "", "One question, every model's answer:", "",
+                    common.md_table(["question"] + [names[i] for i in order], examples),
+                    "", f"Wall time {metrics['wall_s']:.0f} s, seed {args.seed}."])
+    common.update_report(args.out_dir, "arena", metrics, md)
+    print(f"done in {metrics['wall_s']:.0f} s: report in {args.out_dir}/report.md")
+
+
+if __name__ == "__main__":
+    main()

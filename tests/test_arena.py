@@ -1,0 +1,34 @@
+"""arena.py: the ratings follow the battles, and the judge is the world's labeler."""
+import random
+
+import arena
+
+
+def test_bradley_terry_orders_players_by_strength():
+    rng = random.Random(0)
+    true = [0.0, 1.0, 2.0]  # log-strengths
+    results = []
+    for _ in range(600):
+        i, j = rng.sample(range(3), 2)
+        p_i = 1 / (1 + 10 ** (true[j] - true[i]))  # one unit of strength = 10:1 odds
+        results.append((i, j, i if rng.random() < p_i else j))
+    r = arena.bradley_terry(results, 3)
+    assert r[0] < r[1] < r[2] and abs(r.mean() - 1000) < 1e-6
+    # one unit of true strength = 10:1 odds = 400 Elo points
+    assert 300 < r[2] - r[1] < 500 and 300 < r[1] - r[0] < 500
+
+
+def test_equal_players_get_equal_ratings_and_intervals_cover_them():
+    fights = [(q, 0, 1, q % 2) for q in range(100)]
+    point, lo, hi = arena.ratings_with_intervals(fights, 2, 100, rounds=50)
+    assert abs(point[0] - point[1]) < 1e-6
+    assert all(lo[i] <= point[i] <= hi[i] for i in range(2))
+
+
+def test_battles_prefer_the_right_answer(tiny_world):
+    import world
+    items = world.rl_prompts(tiny_world, "heldout")[:40]
+    right = [(f"{it['subject']} has the answer {it['answer']}.", True) for it in items]
+    wrong = [("I do not know.", True) for _ in items]
+    fights = arena.battles(items, [wrong, right], seed=0)
+    assert sum(w == 1 for _, _, _, w in fights) >= 0.9 * len(fights)
