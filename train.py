@@ -229,6 +229,8 @@ def get_args(argv=None):
                    help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
     p.add_argument("--seed", type=int, default=1337, help="seed for init and batches")
+    p.add_argument("--bench", type=int, default=0, metavar="STEPS",
+                   help="time STEPS training steps on random tokens at this shape and exit (no data, no files)")
     args = p.parse_args(argv)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
@@ -236,11 +238,39 @@ def get_args(argv=None):
     return args
 
 
+def bench(args, device, dtype):
+    """Training throughput at a model shape, on random tokens: what llama2.c's train.py is compared with."""
+    torch.manual_seed(args.seed)
+    model = Transformer(ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                                  n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size,
+                                  max_seq_len=args.seq_len)).to(device)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
+    train_model = torch.compile(model) if args.compile else model
+    x = torch.randint(args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
+    ctx = common.autocast(device, dtype)
+    print(f"bench: {model.num_params() / 1e6:.2f}M parameters, batch {args.batch_size} x {args.seq_len}, "
+          f"{device} {dtype}, {torch.get_num_threads()} threads")
+    for step in range(args.bench + 2):  # two warm-up steps
+        if step == 2:
+            timer = common.Timer()
+        with ctx:
+            loss = lm_loss(train_model(x[:, :-1]), x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = timer() / args.bench
+    print(f"bench: {dt * 1000:.0f} ms/step | {args.batch_size * args.seq_len / dt:,.0f} tokens/s")
+
+
 def main(argv=None):
     args = get_args(argv)
     common.keep_freed_memory()
     device = common.pick_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    if args.bench:
+        return bench(args, device, dtype)
     ddp = common.Dist(device)
     device, master = ddp.device, ddp.master
     log = print if master else (lambda *a, **k: None)

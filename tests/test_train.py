@@ -106,3 +106,18 @@ def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="not a readable twofiles checkpoint"):
         run(out, "--max-steps", "4", "--init", str(out / "sft.pt"))
     assert (out / "base.pt").read_bytes() == good
+
+
+def test_reads_tinystories_json_shards_and_txt(tmp_path):
+    stories = [f"Once upon a time a cat named Tom{i} found a red ball. The end." for i in range(40)]
+    shards = tmp_path / "shards"
+    os.makedirs(shards)
+    (shards / "data00.json").write_text(json.dumps([{"story": s} for s in stories[:20]]))
+    (shards / "data01.json").write_text(json.dumps([{"story": s} for s in stories[20:]]))
+    assert train.read_documents(str(shards)) == stories
+    (tmp_path / "stories.txt").write_text("<|endoftext|>".join(stories))
+    assert train.read_documents(str(tmp_path / "stories.txt")) == stories
+    run(tmp_path / "out", "--data", str(shards), "--max-steps", "2", "--eval-interval", "2", "--vocab-size", "300",
+        "--seq-len", "32")
+    report = json.load(open(tmp_path / "out" / "report.json"))["pretrain"]
+    assert report["fact_recall"] is None and report["val_loss"] > 0  # no world exam on your own text
