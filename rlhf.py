@@ -110,9 +110,9 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
     (world.label: Bradley-Terry noise on the gold score). Each record keeps the labeler's agreement with the
     gold ordering (its ceiling) and the gold scores, which only the report reads."""
     rng, gen = random.Random(f"labeler-{seed}"), torch.Generator().manual_seed(seed)
-    records, pos, chunk = [], 0, 64
+    records, pos, chunk = [], 0, 256  # sorted by prompt length, a chunk samples in few equal-length batches
     while len(records) < n and pos < len(items):
-        batch = items[pos:pos + chunk]
+        batch = sorted(items[pos:pos + chunk], key=lambda it: len(tok.encode(it["question"])))
         pos += chunk
         answers = sample_answers(model, tok, batch, k, max_new_tokens, gen)
         for i, it in enumerate(batch):
@@ -330,6 +330,24 @@ def rollout_batch(policy, ref, rm, tok, items, k, max_new_tokens, generator, rew
                 ref_logp=token_logprobs(ref_logits, y))
 
 
+def prompt_buckets(tok, items, size):
+    """The prompts grouped by token length, keeping the groups of at least `size` (all prompts in one group if
+    none is that big). model.generate takes equal-length prompts (no attention mask, so no padding): a step
+    whose prompts share a length samples all its answers in one batch instead of one batch per length."""
+    groups = {}
+    for it in items:
+        groups.setdefault(len(prompt_ids(tok, it["question"])), []).append(it)
+    big = [g for g in groups.values() if len(g) >= size]
+    return big or [items]
+
+
+def step_prompts(buckets, n, rng):
+    """n prompts of one length group, the group drawn in proportion to its size: over many steps every
+    prompt is equally likely. The prompts of a step depend only on rng, so a resumed run sees the same."""
+    group = rng.choices(buckets, weights=[len(g) for g in buckets])[0]
+    return rng.sample(group, min(n, len(group)))
+
+
 def kl_exact(logits, ref_logits, mask):
     """KL(policy || reference) summed over the answer positions, exact over the vocabulary: (B,)."""
     logp, ref_logp = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
@@ -481,10 +499,10 @@ def get_args(argv=None):
     # reward model
     p.add_argument("--rm-epochs", type=float, default=2.0, help="passes over the training comparisons")
     p.add_argument("--rm-batch-size", type=int, default=32, help="comparisons per RM step")
-    p.add_argument("--rm-lr", type=float, default=3e-4, help="RM peak learning rate")
+    p.add_argument("--rm-lr", type=float, default=1e-3, help="RM peak learning rate")
     p.add_argument("--rm-heldout", type=float, default=0.15, help="fraction of prompts held out for RM accuracy")
     # policy optimisation
-    p.add_argument("--steps", type=int, default=150, help="RL steps (one batch of rollouts each)")
+    p.add_argument("--steps", type=int, default=120, help="RL steps (one batch of rollouts each)")
     p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per RL step")
     p.add_argument("--samples", type=int, default=4, help="answers per prompt (K of the leave-one-out baseline)")
     p.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (constant after warmup)")
@@ -717,14 +735,14 @@ def main(argv=None):
         log(f"step 0: spot check, SFT against itself: {spot:.1%} (noise level of the check)")
         best.update(step=0, spot=spot)
         save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot)
+    buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
     t_rl, t_last = common.Timer(), common.Timer()
     try:
         while step < args.steps:
             lr = args.lr * min(1.0, (step + 1) / 10)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            rng = random.Random(f"rl-{args.seed}-{step}")  # the prompts of a step depend only on (seed, step)
-            items = rng.sample(train_items, args.prompts_per_step)
+            items = step_prompts(buckets, args.prompts_per_step, random.Random(f"rl-{args.seed}-{step}"))
             batch = rollout_batch(policy, sft, rm, tok, items, args.samples, args.max_new_tokens,
                                   torch.Generator().manual_seed(args.seed * 100_003 + step), reward_norm)
             x, y = batch["x"], batch["y"]
@@ -831,10 +849,11 @@ def main(argv=None):
              "answers not ended": 1.0 * (top["ended"] - end["ended"]),
              "wrong answers": 3.0 * (top["correct"] - end["correct"])}
     exploited = sorted((k for k in costs if costs[k] > 0.05), key=lambda k: -costs[k])
+    hacked = drop >= 0.15 and end["proxy"] - top["proxy"] >= 0.1  # beyond the noise of a smoothed step mean
     metrics.update(gold_peak=round(top["gold"], 4), gold_peak_step=rows[peak]["step"], gold_end=round(end["gold"], 4),
                    gold_drop_from_peak=round(drop, 4), proxy_end_minus_peak=round(end["proxy"] - top["proxy"], 4),
                    proxy_rising_at_end=proxy_s[-1] > proxy_s[max(0, len(rows) - 1 - 2 * w)],
-                   exploited=exploited)
+                   exploited=exploited if hacked else [], hacked=hacked)
     metrics["wall_s"] = round(timer(), 1)
     command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
     title = f"## RLHF{f' run `{args.tag}`' if args.tag else ''} (`{command}`)"
@@ -859,14 +878,16 @@ def main(argv=None):
                                            f"{s['fillers']:.2f}", f"{s['chars']:.0f}", f"{s['ended']:.0%}"]
                                           for name, i, s in (("start", 0, start), ("gold peak", peak, top),
                                                              ("end", len(rows) - 1, end))]), ""]
-    if drop > 0.05 and end["proxy"] > top["proxy"]:
+    if hacked:
         lines.append(f"The proxy reward went on rising ({top['proxy']:+.2f} -> {end['proxy']:+.2f}) while the gold reward "
                      f"fell {drop:.0%} below its peak ({top['gold']:+.2f} -> {end['gold']:+.2f}): reward hacking. "
                      + ("What the policy exploited, in gold-score cost: " + "; ".join(f"{k} (costs {costs[k]:.2f})" for k in exploited)
                         if exploited else "No single feature of world.gold_score explains the fall."))
     else:
-        lines.append(f"No over-optimisation in this run: gold at the end is {end['gold']:+.2f} against its peak "
-                     f"{top['gold']:+.2f}; proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}.")
+        lines.append(f"No clear over-optimisation in this run: gold at the end is {end['gold']:+.2f} against its peak "
+                     f"{top['gold']:+.2f} ({drop:.0%} below), proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}. "
+                     "(Over-optimisation is called when gold falls at least 15% below its peak while the proxy "
+                     "gains at least 0.1 more; try --kl-coef 0 and more --steps.)")
     lines += ["", "Sample answers of the kept policy and of SFT (held-out prompts, temperature 1):", "",
               common.md_table(["question", "SFT", "gold", "RLHF", "gold"],
                               [[it["question"], s_t, f"{sg:+.1f}", r_t, f"{rg:+.1f}"] for it, (_, s_t, _), (_, r_t, _), sg, rg
