@@ -339,7 +339,7 @@ def runtime_markdown(path, m):
     return "## runtime: two files\n\n" + common.md_table(["", "measured"], rows)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default=None,
                         help="checkpoint to export (default: out/rlhf.pt, else out/sft.pt, else out/base.pt)")
@@ -350,7 +350,7 @@ def main():
     parser.add_argument("--format", choices=["blob", "llama2c", "gguf"], default="blob",
                         help="blob: run.py's float16 file, then checked with run.py into the report card; "
                              "llama2c: llama2.c's run.c .bin + tokenizer.bin; gguf: llama.cpp / LM Studio / ollama")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     started = time.time()
     try:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job: the whole life of a model on the built-in world, raw text to chat, in about 10 minutes
+# on a 2-core CPU. Every stage prints step logs with an ETA and writes its exam into OUT/report.md.
+#     bash pipeline.sh            # everything in out/
+#     bash pipeline.sh myrun      # everything in myrun/
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT=${1:-out}
+PY=${PYTHON:-python}
+start=$SECONDS
+stage() { printf '\n=== [%s/6] %s (about %s; %d s so far) ===\n' "$1" "$2" "$3" $((SECONDS - start)); }
+
+stage 1 "pretraining: a tokenizer, then next-token prediction on the world's documents" "4 min"
+$PY train.py --out-dir "$OUT"
+stage 2 "SFT: conversations, loss on the assistant's tokens only" "1.5 min"
+$PY sft.py --out-dir "$OUT"
+stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "3.5 min"
+$PY rlhf.py --out-dir "$OUT"
+stage 4 "export: one float16 blob, checked against PyTorch by run.py" "10 s"
+$PY export.py --ckpt "$OUT/rlhf.pt" --out "$OUT/model.bin"
+stage 5 "arena: the models answer the same questions, the labeler judges, Elo ratings" "30 s"
+$PY arena.py --out-dir "$OUT"
+stage 6 "chat: run.py (NumPy only) answers questions about people the SFT data never mentioned" "5 s"
+$PY world.py --questions 3 | tee /dev/stderr | $PY run.py "$OUT/model.bin" --chat --temperature 0
+printf '\nDone in %d s. The report card: %s/report.md; the two files: %s/model.bin and run.py\n' \
+    $((SECONDS - start)) "$OUT" "$OUT"

@@ -1,0 +1,58 @@
+"""The whole life of a model on a tiny world, end to end: pretrain -> SFT -> RLHF -> export -> run.py ->
+arena. Checks that every stage wrote its exam section, that re-running a stage replaces its section
+instead of duplicating it, and that run.py (NumPy only) answers a question from the final blob."""
+import json
+import os
+import subprocess
+import sys
+
+import arena
+import export
+import rlhf
+import sft
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ["--world-people", "12", "--world-seed", "7", "--dim", "48", "--n-layers", "2", "--n-heads", "4",
+         "--vocab-size", "600", "--seq-len", "96", "--batch-size", "8", "--warmup", "5", "--lr", "3e-3",
+         "--max-steps", "120", "--eval-interval", "120", "--log-interval", "40", "--exam-items", "20"]
+SFT = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--exam-items", "10", "--log-interval", "20",
+       "--pretrain-mix", "4", "--pretrain-mix-len", "64"]
+RLHF = ["--n-comparisons", "120", "--rm-heldout", "0.5", "--rm-epochs", "1", "--steps", "4", "--prompts-per-step", "4",
+        "--eval-interval", "2", "--spot-prompts", "8", "--eval-prompts", "16", "--exam-items", "10",
+        "--max-new-tokens", "24"]
+
+
+def test_pipeline_end_to_end(tmp_path):
+    out = str(tmp_path / "out")
+    train.main(["--out-dir", out, *TRAIN])
+    sft.main(["--out-dir", out, *SFT])
+    rlhf.main(["--out-dir", out, *RLHF])
+    export.main(["--ckpt", os.path.join(out, "rlhf.pt"), "--out", os.path.join(out, "model.bin")])
+    arena.main(["--out-dir", out, "--questions", "10"])
+    report = json.load(open(os.path.join(out, "report.json")))
+    for stage, keys in {"pretrain": ["val_loss", "fact_recall", "qa_framed", "wall_s"],
+                        "sft": ["qa_seen", "qa_unseen", "reversal", "stop_rate", "wall_s"],
+                        "rm": ["accuracy", "labeler_ceiling", "wall_s"],
+                        "rlhf": ["gold_winrate_vs_sft", "kl", "qa_after", "wall_s"],
+                        "runtime": ["parity_max_abs_logit_diff", "tok_per_s"],
+                        "arena": ["elo"]}.items():
+        assert set(keys) <= set(report[stage]), (stage, report[stage].keys())
+    assert report["runtime"]["parity_max_abs_logit_diff"] < 1e-2
+    md = open(os.path.join(out, "report.md")).read()
+    headers = ["## Pretraining", "## SFT", "## Arena"]
+    assert all(md.count(h) == 1 for h in headers)
+
+    # re-running a stage replaces its section: same headers, once each, and the other stages untouched
+    sft.main(["--out-dir", out, *SFT])
+    md2 = open(os.path.join(out, "report.md")).read()
+    assert all(md2.count(h) == 1 for h in headers)
+    assert md2.split("## SFT")[0] == md.split("## SFT")[0]
+    assert json.load(open(os.path.join(out, "report.json")))["pretrain"] == report["pretrain"]
+
+    # the second file: run.py alone answers from the blob, in a chat, and stops at <|end|>
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), os.path.join(out, "model.bin"),
+                           "--chat", "--temperature", "0", "--max-new-tokens", "30"],
+                          input="Where does somebody live?\n", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and "tok/s" in proc.stderr
