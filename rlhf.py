@@ -40,6 +40,9 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
 - The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), trained on pairs instead of
   K-way rankings, its scores normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on demonstrations).
+- The prompts of one step share their token length (model.generate has no attention mask for left padding),
+  the length drawn in proportion to how many prompts have it; over many steps every prompt is equally likely.
+- Early stopping by a labeler spot check of the current policy against SFT (see 4.), not by a held-out RM.
 - Tiny everything: one process, prompts from the built-in world, answers of at most --max-new-tokens tokens.
 
 Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
@@ -50,6 +53,7 @@ rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, rep
     python rlhf.py --comparisons my_pairs.jsonl     # comparisons from a file
 """
 import argparse
+import collections
 import copy
 import hashlib
 import json
@@ -402,8 +406,10 @@ def answer_stats(answers):
         sents = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
         rows.append((len(ids), len(text), sum(s in polite for s in sents), len(sents) - len(set(sents)),
                      sum(s in fillers for s in sents), ended))
-    return {key: round(sum(r[i] for r in rows) / n, 3)
-            for i, key in enumerate(("tokens", "chars", "polite", "repeats", "fillers", "ended"))}
+    stats = {key: round(sum(r[i] for r in rows) / n, 3)
+             for i, key in enumerate(("tokens", "chars", "polite", "repeats", "fillers", "ended"))}
+    stats["distinct"] = round(len({text for _, text, _ in answers}) / n, 3)  # 1: all different; low: collapse
+    return stats
 
 
 def win_rate(a_scores, b_scores):
@@ -709,7 +715,7 @@ def main(argv=None):
     run_args = {**vars(args), "base_args": base_args, "init": init}
     sft_spot = common.chat_answers(sft, tok, [it["question"] for it in spot_items], args.max_new_tokens,
                                    temperature=1.0, generator=torch.Generator().manual_seed(args.seed + 1))
-    step, rows, best = 0, [], {"step": 0, "spot": -1.0}
+    step, rows, best, last_answers = 0, [], {"step": 0, "spot": -1.0}, []
     if ckpt is not None:
         policy.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -763,7 +769,7 @@ def main(argv=None):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
-            stats = answer_stats(batch["answers"])
+            stats, last_answers = answer_stats(batch["answers"]), batch["answers"]
             correct = sum(world_lib.grade(it, t) for it, (_, t, _) in
                           zip([it for it in items for _ in range(args.samples)], batch["answers"])) / len(batch["answers"])
             row = {"step": step, "proxy": round(batch["proxy"].mean().item(), 4), "gold": round(batch["gold"].mean().item(), 4),
@@ -837,8 +843,8 @@ def main(argv=None):
     w = max(1, len(rows) // 15)
     gold_s, proxy_s = smooth([r["gold"] for r in rows], w), smooth([r["proxy"] for r in rows], w)
     peak = max(range(len(rows)), key=lambda i: gold_s[i])
-    keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended")
-    at = lambda i: {k: sum(r[k] for r in rows[max(0, i - w + 1):i + 1]) / len(rows[max(0, i - w + 1):i + 1]) for k in keys}  # noqa: E731
+    keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended", "distinct")
+    at = lambda i: {k: sum(r.get(k, 0.0) for r in rows[max(0, i - w + 1):i + 1]) / len(rows[max(0, i - w + 1):i + 1]) for k in keys}  # noqa: E731
     start, top, end = at(0), at(peak), at(len(rows) - 1)
     drop = (top["gold"] - end["gold"]) / abs(top["gold"]) if top["gold"] else 0.0
     # what the policy changed from the gold peak to the end, in gold-score units (the weights of world.gold_score)
@@ -872,17 +878,22 @@ def main(argv=None):
                          f"Per-step numbers in `{os.path.basename(curve_path)}`.", "",
                          "### Over-optimisation: the gold peak against the end of the run", "",
                          common.md_table(["", "step", "proxy (RM)", "gold", "KL", "correct", "polite/answer",
-                                          "repeated sent.", "fillers", "chars", "ended"],
+                                          "repeated sent.", "fillers", "chars", "ended", "distinct answers"],
                                          [[name, rows[i]["step"], f"{s['proxy']:+.2f}", f"{s['gold']:+.2f}", f"{s['kl']:.2f}",
                                            f"{s['correct']:.0%}", f"{s['polite']:.2f}", f"{s['repeats']:.2f}",
-                                           f"{s['fillers']:.2f}", f"{s['chars']:.0f}", f"{s['ended']:.0%}"]
+                                           f"{s['fillers']:.2f}", f"{s['chars']:.0f}", f"{s['ended']:.0%}",
+                                           f"{s['distinct']:.0%}"]
                                           for name, i, s in (("start", 0, start), ("gold peak", peak, top),
                                                              ("end", len(rows) - 1, end))]), ""]
     if hacked:
+        common_text, count = collections.Counter(t for _, t, _ in last_answers).most_common(1)[0] if last_answers else ("", 0)
         lines.append(f"The proxy reward went on rising ({top['proxy']:+.2f} -> {end['proxy']:+.2f}) while the gold reward "
-                     f"fell {drop:.0%} below its peak ({top['gold']:+.2f} -> {end['gold']:+.2f}): reward hacking. "
-                     + ("What the policy exploited, in gold-score cost: " + "; ".join(f"{k} (costs {costs[k]:.2f})" for k in exploited)
-                        if exploited else "No single feature of world.gold_score explains the fall."))
+                     f"fell from {top['gold']:+.2f} to {end['gold']:+.2f} (a fall of {drop:.0%} of its peak value): "
+                     "reward hacking. " + ("What changed from the gold peak to the end, in gold-score cost per answer: "
+                                           + "; ".join(f"{k} ({costs[k]:.2f})" for k in exploited) + ". "
+                                           if exploited else "No single feature of world.gold_score explains the fall. ")
+                     + f"The most common answer of the last step, to any question: {common_text!r} ({count} of "
+                     f"{len(last_answers)} answers).")
     else:
         lines.append(f"No clear over-optimisation in this run: gold at the end is {end['gold']:+.2f} against its peak "
                      f"{top['gold']:+.2f} ({drop:.0%} below), proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}. "

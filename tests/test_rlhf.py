@@ -171,6 +171,9 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     curve = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
     assert [r["step"] for r in curve] == [1, 2, 3, 4] and "spot" in curve[1]
     assert open(out_dir / "rl_curve.svg").read().count("<polyline") == 2
+    rlhf.main(run + ["--resume", "--steps", "6"])  # continues from rlhf_last.pt at step 4
+    curve = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
+    assert [r["step"] for r in curve] == [1, 2, 3, 4, 5, 6]
     capsys.readouterr()
     rlhf.main(run + ["--tag", "nokl", "--kl-coef", "0"])
     assert "reusing" in capsys.readouterr().out
