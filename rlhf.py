@@ -508,7 +508,7 @@ def get_args(argv=None):
     p.add_argument("--rm-lr", type=float, default=1e-3, help="RM peak learning rate")
     p.add_argument("--rm-heldout", type=float, default=0.15, help="fraction of prompts held out for RM accuracy")
     # policy optimisation
-    p.add_argument("--steps", type=int, default=120, help="RL steps (one batch of rollouts each)")
+    p.add_argument("--steps", type=int, default=100, help="RL steps (one batch of rollouts each)")
     p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per RL step")
     p.add_argument("--samples", type=int, default=4, help="answers per prompt (K of the leave-one-out baseline)")
     p.add_argument("--lr", type=float, default=1e-4, help="policy learning rate (constant after warmup)")
