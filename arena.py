@@ -10,7 +10,7 @@ Ratings are a Bradley-Terry fit to all battles (as LMArena computes them, rather
 online Elo update), on the Elo scale (400 points = 10:1 odds), mean 1000, with 95% intervals from
 resampling the questions.
 
-    python arena.py                                   # out/base.pt, sft.pt, rlhf.pt, rlhf_nokl.pt (those present)
+    python arena.py                         # out/base.pt, sft.pt, rlhf.pt, rlhf_nokl_last.pt (those present)
     python arena.py out/sft.pt out/model.bin other/rlhf.pt --questions 200
 """
 import argparse
@@ -27,7 +27,9 @@ import world as world_lib
 from model import CheckpointError, generate_many, load_checkpoint
 from tokenizer import Tokenizer
 
-DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl.pt"]
+# the unleashed run's last policy (rlhf.py --kl-coef 0 --tag nokl), not its early-stopped best: the arena
+# should show what optimising the reward model without a leash ends in
+DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description="Rate models by pairwise battles judged by the simulated labeler.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("contestants", nargs="*", help="checkpoints (.pt) or blobs (.bin); default: "
-                   "base.pt, sft.pt, rlhf.pt, rlhf_nokl.pt in OUT_DIR, those that exist")
+                   "base.pt, sft.pt, rlhf.pt, rlhf_nokl_last.pt in OUT_DIR, those that exist")
     p.add_argument("--out-dir", default="out", help="where the default contestants are and the report goes")
     p.add_argument("--questions", type=int, default=150, help="held-out questions every contestant answers")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every contestant")
