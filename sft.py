@@ -190,7 +190,8 @@ def main(argv=None):
         else:
             model, ckpt = load_checkpoint(init, device, stages=("base", "sft", "rlhf"))
         base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
-        world = world_lib.make_world(base_args.get("world_people", 200), base_args.get("world_seed", 1337))
+        world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))
+        base_path = (ckpt["args"].get("init") or init) if args.resume else init  # the model SFT started from
         convs = read_chat_jsonl(args.data) if args.data else world_lib.sft_conversations(world, args.conversations)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
@@ -226,7 +227,6 @@ def main(argv=None):
         start_step = ckpt["step"]
     train_model = DDP(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None) if ddp.enabled else model
     ctx = common.autocast(device, dtype)
-    base_args = ckpt["args"] if ckpt["stage"] == "base" else base_args
     run_args = {**vars(args), "base_args": base_args}
     log(f"model: {model.num_params() / 1e6:.2f}M parameters from {ckpt_path if args.resume else init} | "
         f"{max_steps} steps ({args.epochs} epochs x {steps_per_epoch}) | {ddp.world_size} process(es) on {device}")
@@ -297,7 +297,7 @@ def main(argv=None):
         lines.append(f"- validation loss on held-out conversations (assistant tokens): **{val_loss:.3f}**")
     if args.exam_items > 0:
         log("exam: unseen phrasings for SFT-seen and pretraining-only people, reversal, base model ...", flush=True)
-        base, _ = load_checkpoint(ckpt["args"].get("init") or init, device) if args.resume else load_checkpoint(init, device)
+        base, _ = load_checkpoint(base_path, device)
         exam, rows, samples = sft_exam(model, base.eval(), tok, world, args.exam_items)
         metrics.update(exam)
         lines += [f"- answers that end with `<|end|>` (stop rate): **{exam['stop_rate']:.1%}**", "",
