@@ -64,6 +64,20 @@ def test_attention_matches_explicit_softmax_with_repeated_kv_heads():
     assert torch.allclose(att(x, cos, sin), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("T", [20, 16, 7])  # blocks of 8: a ragged last block, whole blocks, a single block
+def test_blocked_causal_attention_equals_explicit_softmax_with_gradients(T):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, T, 4, requires_grad=True) for _ in range(3))
+    scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    ref = scores.softmax(-1) @ v
+    out = model.causal_attention(q, k, v, block=8)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (q, k, v), g)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, grads_ref))
+
+
 def test_residual_projections_get_the_scaled_init():
     m = Transformer(ModelArgs(dim=256, n_layers=8, n_heads=4, vocab_size=64))
     scaled = 0.02 / math.sqrt(2 * 8)
