@@ -132,7 +132,8 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
                                     "rejected_ended": er, "labeler": "simulated",
                                     "agreement": round(world_lib.labeler_agreement(it, ta, tb, ea, eb), 4),
                                     "gold_chosen": round(world_lib.gold_score(it, tc, ec), 3),
-                                    "gold_rejected": round(world_lib.gold_score(it, tr, er), 3)})
+                                    "gold_rejected": round(world_lib.gold_score(it, tr, er), 3),
+                                    "correct_chosen": world_lib.grade(it, tc), "correct_rejected": world_lib.grade(it, tr)})
         log(f"comparisons: {len(records)}/{n} labelled ({pos} prompts x {k} answers sampled)", flush=True)
     return records
 
@@ -239,6 +240,22 @@ def pairwise_accuracy(r_chosen, r_rejected):
     """Fraction of pairs the RM orders like the label (an exact tie of the scores counts half)."""
     d = r_chosen - r_rejected
     return ((d > 0).float() + 0.5 * (d == 0).float()).mean().item()
+
+
+PAIR_KINDS = {1: "one right, one wrong", 0: "both wrong", 2: "both right"}
+
+
+def accuracy_by_kind(records, r_chosen, r_rejected):
+    """Held-out accuracy split by what tells the two answers apart, each beside the labeler's ceiling on the
+    same pairs: correctness (one right, one wrong: only knowing the fact separates them) or style alone (both
+    right or both wrong: politeness, filler, repetition, length). Reads the simulated labeler's records."""
+    rows = {}
+    for r, a, b in zip(records, r_chosen.tolist(), r_rejected.tolist()):
+        kind = PAIR_KINDS[r["correct_chosen"] + r["correct_rejected"]]
+        n, ok, ceiling = rows.get(kind, (0, 0.0, 0.0))
+        rows[kind] = (n + 1, ok + (a > b) + 0.5 * (a == b), ceiling + r["agreement"])
+    return {k: {"pairs": n, "accuracy": round(ok / n, 4), "labeler_ceiling": round(c / n, 4)}
+            for k in PAIR_KINDS.values() if k in rows for n, ok, c in [rows[k]]}
 
 
 def encode_pairs(tok, records, max_len, path):
@@ -669,12 +686,14 @@ def main(argv=None):
         accuracy = pairwise_accuracy(*pair_scores(rm, val_pairs))
         ceiling = (sum(r["agreement"] for r in val_records) / len(val_records)
                    if all("agreement" in r for r in val_records) else None)
-        gold_acc = None
+        gold_acc, by_kind = None, None
+        rc, rr = pair_scores(rm, val_pairs)
         if all("gold_chosen" in r for r in val_records):  # the RM against the truth, not the noisy labels
-            rc, rr = pair_scores(rm, val_pairs)
             ok = [(a > b) == (r["gold_chosen"] > r["gold_rejected"]) for a, b, r in zip(rc.tolist(), rr.tolist(), val_records)
                   if r["gold_chosen"] != r["gold_rejected"]]
             gold_acc = sum(ok) / max(1, len(ok))
+        if all("correct_chosen" in r and "agreement" in r for r in val_records):
+            by_kind = accuracy_by_kind(val_records, rc, rr)
         # normalise the RM's scale on the SFT answers it was trained on: mean 0, std 1
         uniq = {(r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected")}
         scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in uniq], [answer_ids(tok, a, e) for _, a, e in uniq])
@@ -682,7 +701,8 @@ def main(argv=None):
         rm_metrics = {"accuracy": round(accuracy, 4), "labeler_ceiling": round(ceiling, 4) if ceiling is not None else None,
                       "accuracy_vs_gold": round(gold_acc, 4) if gold_acc is not None else None,
                       "comparisons": len(records), "train_pairs": len(train_pairs), "heldout_pairs": len(val_pairs),
-                      "steps": rm_steps, "source": source.split(":")[0], "wall_s": round(t_rm(), 1)}
+                      "steps": rm_steps, "source": source.split(":")[0], "wall_s": round(t_rm(), 1),
+                      "by_kind": by_kind}
         save_checkpoint(rm_path, rm, "rm", step=rm_steps, args={**vars(args), "base_args": base_args, "init": init},
                         rm_key=rm_key, reward_norm=list(reward_norm), metrics=rm_metrics)
         ceiling_text = (f"the noisy labeler itself agrees with the better answer on **{ceiling:.1%}** of these pairs "
@@ -696,9 +716,16 @@ def main(argv=None):
                  f"**{accuracy:.1%}**; {ceiling_text}"]
         if gold_acc is not None:
             lines.append(f"- against the true (gold) ordering instead of the noisy labels: {gold_acc:.1%}")
+        if by_kind:
+            lines += ["", "Where the held-out accuracy is lost, by what tells the two answers apart:", "",
+                      common.md_table(["pair", "n", "reward model", "labeler ceiling"],
+                                      [[k, v["pairs"], f"{v['accuracy']:.1%}", f"{v['labeler_ceiling']:.1%}"]
+                                       for k, v in by_kind.items()])]
         common.update_report(args.out_dir, "rm", rm_metrics, "\n".join(lines))
         log(f"reward model: held-out accuracy {accuracy:.1%}" + (f" | labeler ceiling {ceiling:.1%}" if ceiling else "")
             + (f" | vs gold order {gold_acc:.1%}" if gold_acc is not None else "") + f" | saved {rm_path}")
+        for kind, v in (by_kind or {}).items():
+            log(f"  {kind}: {v['accuracy']:.1%} of {v['pairs']} pairs (labeler ceiling {v['labeler_ceiling']:.1%})")
     else:
         reward_norm = tuple(rm_ckpt["reward_norm"])
     rm.eval()

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import arena
 import export
 import rlhf
@@ -39,6 +41,10 @@ def test_pipeline_end_to_end(tmp_path):
                         "arena": ["elo"]}.items():
         assert set(keys) <= set(report[stage]), (stage, report[stage].keys())
     assert report["runtime"]["parity_max_abs_logit_diff"] < 1e-2
+    by_kind = report["rm"]["by_kind"]  # the simulated labeler's pairs, split by correctness, add up to all of them
+    assert sum(v["pairs"] for v in by_kind.values()) == report["rm"]["heldout_pairs"]
+    assert sum(v["accuracy"] * v["pairs"] for v in by_kind.values()) == pytest.approx(
+        report["rm"]["accuracy"] * report["rm"]["heldout_pairs"], abs=0.01)
     md = open(os.path.join(out, "report.md")).read()
     headers = ["## Pretraining", "## SFT", "## Arena"]
     assert all(md.count(h) == 1 for h in headers)

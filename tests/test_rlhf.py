@@ -60,6 +60,17 @@ def test_bradley_terry_loss_and_accuracy_on_a_toy():
     assert torch.cosine_similarity(w.detach(), w_true, dim=0) > 0.98
 
 
+def test_accuracy_by_kind_splits_pairs_by_correctness():
+    rec = lambda c, r, agreement: {"correct_chosen": c, "correct_rejected": r, "agreement": agreement}
+    records = [rec(True, False, 1.0), rec(False, True, 0.9), rec(True, True, 0.6), rec(False, False, 0.8),
+               rec(False, False, 0.7)]
+    by_kind = rlhf.accuracy_by_kind(records, torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0]),
+                                    torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0]))
+    assert by_kind == {"one right, one wrong": {"pairs": 2, "accuracy": 0.5, "labeler_ceiling": 0.95},
+                       "both wrong": {"pairs": 2, "accuracy": 0.5, "labeler_ceiling": 0.75},
+                       "both right": {"pairs": 1, "accuracy": 0.5, "labeler_ceiling": 0.6}}
+
+
 def test_logprobs_only_on_answer_tokens():
     model = tiny_model(50)
     prompts, answers = [[1, 5, 6, 7], [1, 8]], [[9, 10, 2], [11]]
