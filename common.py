@@ -36,6 +36,14 @@ def keep_freed_memory():
         pass
 
 
+def set_threads(n):
+    """--threads: CPU threads for PyTorch's kernels (0 keeps its default, one per core). Give each run 1 when
+    two share a 2-core machine: OpenMP threads spin while they wait, and two runs of 2 threads each slowed
+    each other 5-17x here."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def pick_device(name):
     if name != "auto":
         return name

@@ -21,6 +21,9 @@ $PY export.py --ckpt "$OUT/rlhf.pt" --out "$OUT/model.bin"
 stage 5 "arena: the models answer the same questions, the labeler judges, Elo ratings" "30 s"
 $PY arena.py --out-dir "$OUT"
 stage 6 "chat: run.py (NumPy only) answers questions about people the SFT data never mentioned" "5 s"
-$PY world.py --questions 3 | tee /dev/stderr | $PY run.py "$OUT/model.bin" --chat --temperature 0
+# (not `tee /dev/stderr`: when stderr is a log file, tee reopens it from the start and overwrites the log)
+questions=$($PY world.py --questions 3)
+printf '%s\n' "$questions"
+printf '%s\n' "$questions" | $PY run.py "$OUT/model.bin" --chat --temperature 0
 printf '\nDone in %d s. The report card: %s/report.md; the two files: %s/model.bin and run.py\n' \
     $((SECONDS - start)) "$OUT" "$OUT"

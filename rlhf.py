@@ -542,6 +542,7 @@ def get_args(argv=None):
     p.add_argument("--sample-interval", type=int, default=50, help="steps between printed sample answers")
     # system
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run shares the machine)")
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
     for name in ("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps", "prompts_per_step",
@@ -563,6 +564,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     common.keep_freed_memory()
+    common.set_threads(args.threads)
     device = common.pick_device(args.device)
     timer = common.Timer()
     log = print

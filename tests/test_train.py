@@ -121,3 +121,12 @@ def test_reads_tinystories_json_shards_and_txt(tmp_path):
         "--seq-len", "32")
     report = json.load(open(tmp_path / "out" / "report.json"))["pretrain"]
     assert report["fact_recall"] is None and report["val_loss"] > 0  # no world exam on your own text
+
+
+def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        run(tmp_path, "--bench", "1", "--threads", str(before + 1))
+        assert f"{before + 1} threads" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
