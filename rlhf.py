@@ -247,8 +247,9 @@ PAIR_KINDS = {1: "one right, one wrong", 0: "both wrong", 2: "both right"}
 
 def accuracy_by_kind(records, r_chosen, r_rejected):
     """Held-out accuracy split by what tells the two answers apart, each beside the labeler's ceiling on the
-    same pairs: correctness (one right, one wrong: only knowing the fact separates them) or style alone (both
-    right or both wrong: politeness, filler, repetition, length). Reads the simulated labeler's records."""
+    same pairs: correctness (one right, one wrong: the labeler all but always takes the right one) or style
+    alone (both right or both wrong: politeness, filler, repetition, length). Reads the simulated labeler's
+    records (their "correct_*" and "agreement" keys)."""
     rows = {}
     for r, a, b in zip(records, r_chosen.tolist(), r_rejected.tolist()):
         kind = PAIR_KINDS[r["correct_chosen"] + r["correct_rejected"]]
