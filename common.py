@@ -36,14 +36,6 @@ def keep_freed_memory():
         pass
 
 
-def set_threads(n):
-    """--threads: CPU threads for PyTorch's kernels (0 keeps its default, one per core). Give each run 1 when
-    two share a 2-core machine: OpenMP threads spin while they wait, and two runs of 2 threads each slowed
-    each other 5-17x here."""
-    if n > 0:
-        torch.set_num_threads(n)
-
-
 def pick_device(name):
     if name != "auto":
         return name
@@ -52,6 +44,32 @@ def pick_device(name):
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def add_system_args(p, dtype=True):
+    """--device, --threads (and --dtype): the same flags with the same meaning in every training script."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run "
+                   "shares the machine)")
+    if dtype:
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+
+
+def start(args):
+    """What every training script does first, from add_system_args' flags: keep freed memory, set the CPU
+    threads, pick the device and the precision. Returns (device, dtype); dtype is float32 without --dtype.
+
+    --threads: give each run 1 when two share a 2-core machine: OpenMP threads spin while they wait, and two
+    runs of 2 threads each slowed each other 5-17x here. 0 keeps PyTorch's default, one per core."""
+    keep_freed_memory()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    dtype = getattr(args, "dtype", "float32")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
 
 
 def autocast(device, dtype):

@@ -542,8 +542,7 @@ def get_args(argv=None):
     p.add_argument("--log-interval", type=int, default=5, help="steps between log lines")
     p.add_argument("--sample-interval", type=int, default=50, help="steps between printed sample answers")
     # system
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run shares the machine)")
+    common.add_system_args(p, dtype=False)
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
     for name in ("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps", "prompts_per_step",
@@ -564,9 +563,7 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    common.keep_freed_memory()
-    common.set_threads(args.threads)
-    device = common.pick_device(args.device)
+    device, _ = common.start(args)
     timer = common.Timer()
     log = print
     init = args.init or os.path.join(args.out_dir, "sft.pt")
@@ -686,11 +683,11 @@ def main(argv=None):
         except KeyboardInterrupt:
             log(f"\nstopped while training the reward model: {rm_path} not written ({cmp_path} is kept)")
             sys.exit(130)
-        accuracy = pairwise_accuracy(*pair_scores(rm, val_pairs))
+        rc, rr = pair_scores(rm, val_pairs)
+        accuracy = pairwise_accuracy(rc, rr)
         ceiling = (sum(r["agreement"] for r in val_records) / len(val_records)
                    if all("agreement" in r for r in val_records) else None)
         gold_acc, by_kind = None, None
-        rc, rr = pair_scores(rm, val_pairs)
         if all("gold_chosen" in r for r in val_records):  # the RM against the truth, not the noisy labels
             ok = [(a > b) == (r["gold_chosen"] > r["gold_rejected"]) for a, b, r in zip(rc.tolist(), rr.tolist(), val_records)
                   if r["gold_chosen"] != r["gold_rejected"]]

@@ -163,20 +163,14 @@ def get_args(argv=None):
     p.add_argument("--eval-interval", type=int, default=100, help="steps between val loss + checkpoint")
     p.add_argument("--exam-items", type=int, default=300, help="questions per exam set (0: skip the exam)")
     # system
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run shares the machine)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+    common.add_system_args(p)
     p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = get_args(argv)
-    common.keep_freed_memory()
-    common.set_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    device, dtype = common.start(args)
     ddp = common.Dist(device)
     device, master = ddp.device, ddp.master
     log = print if master else (lambda *a, **k: None)

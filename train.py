@@ -224,10 +224,7 @@ def get_args(argv=None):
     p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     p.add_argument("--exam-items", type=int, default=400, help="questions per exam (0: skip the exam)")
     # system
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run shares the machine)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+    common.add_system_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
     p.add_argument("--seed", type=int, default=1337, help="seed for init and batches")
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
@@ -267,10 +264,7 @@ def bench(args, device, dtype):
 
 def main(argv=None):
     args = get_args(argv)
-    common.keep_freed_memory()
-    common.set_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    device, dtype = common.start(args)
     if args.bench:
         return bench(args, device, dtype)
     ddp = common.Dist(device)
