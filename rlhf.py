@@ -14,7 +14,8 @@ optimised.
    one {"prompt", "chosen", "rejected"} per line, optional "tie", "chosen_ended", "rejected_ended").
    Written to OUT_DIR/comparisons.jsonl.
 2. Reward model: the SFT transformer with a scalar head read at the last token (model.Transformer.score),
-   trained with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected); its held-out pairwise accuracy
+   trained with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), a prompt's answers scored once for
+   all its pairs (InstructGPT's batching, so many comparisons per prompt are cheap); its held-out pairwise accuracy
    is reported beside the accuracy the noisy labeler itself allows on the same pairs. OUT_DIR/rm.pt. A later
    run reuses rm.pt when it was trained from the same SFT checkpoint, comparisons and settings.
 3. Policy optimisation: REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024,
@@ -38,8 +39,10 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - --ppo-epochs 1 (the default) is plain on-policy REINFORCE: the ratio is 1 and clipping never acts. With more
   epochs, PPO's clipped ratio per token, on the same advantages; no minibatches, no value loss, no entropy bonus.
 - A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
-- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), trained on pairs instead of
-  K-way rankings, its scores normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on demonstrations).
+- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM). Each pair of a prompt's K
+  answers is labelled on its own (InstructGPT's labelers rank all K at once); as there, all of a prompt's pairs
+  are one batch element. RM scores are normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on
+  demonstrations).
 - The prompts of one step share their token length (model.generate has no attention mask for left padding),
   the length drawn in proportion to how many prompts have it; over many steps every prompt is equally likely.
 - Early stopping by a labeler spot check of the current policy against SFT (see 4.), not by a held-out RM.
@@ -226,14 +229,14 @@ def reward_model_from(policy):
     return rm.to(policy.tok_embeddings.weight.device)
 
 
-def bradley_terry_loss(r_chosen, r_rejected, tie=None):
+def bradley_terry_loss(r_chosen, r_rejected, tie=None, weight=None):
     """-log sigmoid(r_chosen - r_rejected): the negative log-likelihood of the labels under the Bradley-Terry
-    model P(chosen > rejected) = sigmoid(r_chosen - r_rejected). A tie is a target of 1/2."""
+    model P(chosen > rejected) = sigmoid(r_chosen - r_rejected). A tie is a target of 1/2. Averaged over the
+    pairs, or with `weight` a weighted average."""
     d = r_chosen - r_rejected
-    if tie is None:
-        return -F.logsigmoid(d).mean()
-    target = torch.where(tie, 0.5, 1.0)
-    return -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d)).mean()
+    target = torch.ones_like(d) if tie is None else torch.where(tie, 0.5, 1.0)
+    nll = -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d))
+    return nll.mean() if weight is None else (nll * weight).sum() / weight.sum()
 
 
 def pairwise_accuracy(r_chosen, r_rejected):
@@ -283,39 +286,69 @@ def score_answers(rm, prompts, answers, batch_size=128):
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def pair_scores(rm, pairs, train=False):
-    """(r_chosen, r_rejected) for a list of encoded pairs, both halves in one padded batch."""
-    device = rm.tok_embeddings.weight.device
+def pair_scores(rm, pairs):
+    """(r_chosen, r_rejected), no grad, for a list of encoded pairs."""
     prompts = [p for p, _, _, _ in pairs] * 2
-    answers = [c for _, c, _, _ in pairs] + [j for _, _, j, _ in pairs]
-    if not train:
-        r = score_answers(rm, prompts, answers)
-    else:
-        x, _, lengths = pad_batch(prompts, answers, device)
-        r = rm.score(x, lengths)
+    r = score_answers(rm, prompts, [c for _, c, _, _ in pairs] + [j for _, _, j, _ in pairs])
     return r[:len(pairs)], r[len(pairs):]
 
 
-def train_reward_model(rm, train_pairs, val_pairs, args, log):
-    """Bradley-Terry on the training pairs for --rm-epochs epochs (AdamW, warmup then linear decay)."""
+def group_by_prompt(pairs):
+    """Encoded pairs -> one group per prompt: (prompt ids, [answer ids, each once], [(i_chosen, i_rejected, tie)]).
+
+    InstructGPT (Ouyang et al. 2022, section 3.5) makes all the comparisons of one prompt a single batch element:
+    each answer is scored once per step, not once per pair it is in (K forward passes instead of 2 x C(K, 2)), and
+    an answer no longer gets K-1 separate updates per epoch, which they found to overfit."""
+    groups = {}
+    for p, c, j, tie in pairs:
+        _, answers, index, comparisons = groups.setdefault(tuple(p), (p, [], {}, []))
+        for a in (c, j):
+            if tuple(a) not in index:
+                index[tuple(a)] = len(answers)
+                answers.append(a)
+        comparisons.append((index[tuple(c)], index[tuple(j)], tie))
+    return [(p, answers, comparisons) for p, answers, _, comparisons in groups.values()]
+
+
+def group_loss(rm, groups):
+    """The Bradley-Terry loss of a batch of groups: the mean over prompts of the mean over each prompt's pairs
+    (InstructGPT's 1 / C(K, 2) weighting, so a prompt with many comparisons does not outweigh the others)."""
     device = rm.tok_embeddings.weight.device
+    x, _, lengths = pad_batch([p for p, answers, _ in groups for _ in answers], [a for _, answers, _ in groups for a in answers],
+                              device)
+    r = rm.score(x, lengths)  # every answer once
+    chosen, rejected, tie, weight, offset = [], [], [], [], 0
+    for _, answers, comparisons in groups:
+        for ic, ij, t in comparisons:
+            chosen.append(offset + ic)
+            rejected.append(offset + ij)
+            tie.append(t)
+            weight.append(1 / len(comparisons))
+        offset += len(answers)
+    return bradley_terry_loss(r[chosen], r[rejected], torch.tensor(tie, device=device),
+                              torch.tensor(weight, device=device))
+
+
+def train_reward_model(rm, train_pairs, val_pairs, args, log):
+    """Bradley-Terry on the training pairs, --rm-batch-size prompts (with all their comparisons) per step, for
+    --rm-epochs epochs (AdamW, warmup then linear decay)."""
+    device = rm.tok_embeddings.weight.device
+    groups = group_by_prompt(train_pairs)
     opt = configure_optimizer(rm, args.rm_lr, 0.0, (0.9, 0.95), device.type)
-    steps_per_epoch = -(-len(train_pairs) // args.rm_batch_size)
+    steps_per_epoch = -(-len(groups) // args.rm_batch_size)
     max_steps = max(1, int(args.rm_epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(args.seed)
     rm.train()
     t_last, order = common.Timer(), []
     for step in range(max_steps):
         if not order:
-            order = torch.randperm(len(train_pairs), generator=gen).tolist()
-        batch = [train_pairs[i] for i in order[:args.rm_batch_size]]
+            order = torch.randperm(len(groups), generator=gen).tolist()
+        batch = [groups[i] for i in order[:args.rm_batch_size]]
         del order[:args.rm_batch_size]
         lr = args.rm_lr * min((step + 1) / 10, (max_steps - step) / max(1, max_steps - 10))
         for g in opt.param_groups:
             g["lr"] = lr
-        rc, rr = pair_scores(rm, batch, train=True)
-        tie = torch.tensor([t for *_, t in batch], device=device)
-        loss = bradley_terry_loss(rc, rr, tie)
+        loss = group_loss(rm, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
@@ -323,7 +356,7 @@ def train_reward_model(rm, train_pairs, val_pairs, args, log):
         every = max(1, max_steps // 4)  # four log lines, each with the held-out accuracy
         if (step + 1) % every == 0 or step + 1 == max_steps:
             dt = t_last() / every
-            tokens = sum(len(p) * 2 + len(c) + len(j) for p, c, j, _ in batch)
+            tokens = sum(len(p) * len(answers) + sum(map(len, answers)) for p, answers, _ in batch)
             acc = pairwise_accuracy(*pair_scores(rm, val_pairs)) if val_pairs else float("nan")
             log(common.step_line(step + 1, max_steps, loss.item(), lr, dt, tokens, f" | held-out acc {acc:.1%}"),
                 flush=True)
@@ -516,13 +549,14 @@ def get_args(argv=None):
                    "the RM on (default: the simulated labeler)")
     p.add_argument("--label", action="store_true", help="you are the labeler: compare answers at the terminal, "
                    "appended to OUT_DIR/comparisons.jsonl as you go; q quits, a later --label run continues")
-    p.add_argument("--n-comparisons", type=int, default=1500, help="labelling budget (simulated or --label)")
+    p.add_argument("--n-comparisons", type=int, default=8000, help="labelling budget (simulated or --label)")
     p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt to compare")
     p.add_argument("--retrain-rm", action="store_true", help="collect comparisons and train the RM even if "
                    "OUT_DIR/rm.pt matches")
     # reward model
     p.add_argument("--rm-epochs", type=float, default=2.0, help="passes over the training comparisons")
-    p.add_argument("--rm-batch-size", type=int, default=32, help="comparisons per RM step")
+    p.add_argument("--rm-batch-size", type=int, default=8, help="prompts per RM step, each with all its "
+                   "comparisons")
     p.add_argument("--rm-lr", type=float, default=1e-3, help="RM peak learning rate")
     p.add_argument("--rm-heldout", type=float, default=0.15, help="fraction of prompts held out for RM accuracy")
     # policy optimisation

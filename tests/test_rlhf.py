@@ -60,6 +60,26 @@ def test_bradley_terry_loss_and_accuracy_on_a_toy():
     assert torch.cosine_similarity(w.detach(), w_true, dim=0) > 0.98
 
 
+def test_a_prompts_comparisons_are_one_batch_element_and_each_answer_is_scored_once():
+    x, y, z, u, v = [5, 6], [7], [8, 9, 10], [11], [12, 13]
+    pairs = [([1, 2], x, y, False), ([3], u, v, True), ([1, 2], y, z, False), ([1, 2], x, z, False)]
+    groups = rlhf.group_by_prompt(pairs)
+    assert groups == [([1, 2], [x, y, z], [(0, 1, False), (1, 2, False), (0, 2, False)]),
+                      ([3], [u, v], [(0, 1, True)])]
+    rm = rlhf.reward_model_from(tiny_model(vocab=20))
+    torch.nn.init.normal_(rm.reward.weight, std=1.0)  # nonzero scores
+    rows = []
+    score = rm.score
+    rm.score = lambda tokens, lengths: rows.append(len(lengths)) or score(tokens, lengths)
+    loss = rlhf.group_loss(rm, groups)
+    assert rows == [5]  # five answers, not 2 x 4 pair halves
+    # InstructGPT's weighting: the mean over prompts of the mean over each prompt's pairs
+    rc, rr = rlhf.pair_scores(rm, pairs)
+    per_pair = [rlhf.bradley_terry_loss(rc[i:i + 1], rr[i:i + 1], torch.tensor([t])) for i, (*_, t) in enumerate(pairs)]
+    expected = ((per_pair[0] + per_pair[2] + per_pair[3]) / 3 + per_pair[1]) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_accuracy_by_kind_splits_pairs_by_correctness():
     rec = lambda c, r, agreement: {"correct_chosen": c, "correct_rejected": r, "agreement": agreement}
     records = [rec(True, False, 1.0), rec(False, True, 0.9), rec(True, True, 0.6), rec(False, False, 0.8),
