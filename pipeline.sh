@@ -14,7 +14,7 @@ stage 1 "pretraining: a tokenizer, then next-token prediction on the world's doc
 $PY train.py --out-dir "$OUT"
 stage 2 "SFT: conversations, loss on the assistant's tokens only" "1.5 min"
 $PY sft.py --out-dir "$OUT"
-stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "3.5 min"
+stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "3 min"
 $PY rlhf.py --out-dir "$OUT"
 stage 4 "export: one float16 blob, checked against PyTorch by run.py" "10 s"
 $PY export.py --ckpt "$OUT/rlhf.pt" --out "$OUT/model.bin"
