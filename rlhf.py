@@ -314,8 +314,9 @@ def group_loss(rm, groups):
     """The Bradley-Terry loss of a batch of groups: the mean over prompts of the mean over each prompt's pairs
     (InstructGPT's 1 / C(K, 2) weighting, so a prompt with many comparisons does not outweigh the others)."""
     device = rm.tok_embeddings.weight.device
-    x, _, lengths = pad_batch([p for p, answers, _ in groups for _ in answers], [a for _, answers, _ in groups for a in answers],
-                              device)
+    flat_prompts = [p for p, answers, _ in groups for _ in answers]
+    flat_answers = [a for _, answers, _ in groups for a in answers]
+    x, _, lengths = pad_batch(flat_prompts, flat_answers, device)
     r = rm.score(x, lengths)  # every answer once
     chosen, rejected, tie, weight, offset = [], [], [], [], 0
     for _, answers, comparisons in groups:
