@@ -112,8 +112,13 @@ class Dist:
         dist.all_reduce(t)
         return t.item() / self.world_size
 
-    def close(self):
+    def close(self, interrupted=False):
+        """Leave the process group, together: a rank that tore gloo down while the master was still saving the
+        last checkpoint died of std::terminate in 7 of 23 runs here. After Ctrl-C the ranks may stand anywhere,
+        so they do not wait for each other."""
         if self.enabled:
+            if not interrupted:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -275,7 +275,7 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         save(step)
         log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
-        ddp.close()
+        ddp.close(interrupted=True)
         sys.exit(130)
     train_s = timer()
     ddp.close()

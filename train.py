@@ -375,7 +375,7 @@ def main(argv=None):
         batch_gen.set_state(batch_state)
         save(step)
         log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
-        ddp.close()
+        ddp.close(interrupted=True)
         sys.exit(130)
     train_s = timer()
     ddp.close()
