@@ -275,21 +275,26 @@ def encode_pairs(tok, records, max_len, path):
     return out
 
 
-def score_answers(rm, prompts, answers, batch_size=128):
-    """RM scores (no grad) of a list of (prompt ids, answer ids)."""
-    device = rm.tok_embeddings.weight.device
+def score_answers(model, prompts, answers, batch_size=128, likelihood=False):
+    """Scores (no grad) of a list of (prompt ids, answer ids): the RM's scalar, or with likelihood=True a language
+    model's mean log-probability per answer token, its own belief in the answer, which needs no comparisons."""
+    device = model.tok_embeddings.weight.device
     scores = []
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
-            x, _, lengths = pad_batch(prompts[s:s + batch_size], answers[s:s + batch_size], device)
-            scores.append(rm.score(x, lengths))
+            x, y, lengths = pad_batch(prompts[s:s + batch_size], answers[s:s + batch_size], device)
+            if likelihood:
+                scores.append(token_logprobs(model(x), y).sum(1) / (y != -1).sum(1).clamp(min=1))
+            else:
+                scores.append(model.score(x, lengths))
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def pair_scores(rm, pairs):
-    """(r_chosen, r_rejected), no grad, for a list of encoded pairs."""
+def pair_scores(model, pairs, likelihood=False):
+    """(r_chosen, r_rejected), no grad, for a list of encoded pairs (see score_answers)."""
     prompts = [p for p, _, _, _ in pairs] * 2
-    r = score_answers(rm, prompts, [c for _, c, _, _ in pairs] + [j for _, _, j, _ in pairs])
+    r = score_answers(model, prompts, [c for _, c, _, _ in pairs] + [j for _, _, j, _ in pairs],
+                      likelihood=likelihood)
     return r[:len(pairs)], r[len(pairs):]
 
 
@@ -725,14 +730,20 @@ def main(argv=None):
             ok = [(a > b) == (r["gold_chosen"] > r["gold_rejected"]) for a, b, r in zip(rc.tolist(), rr.tolist(), val_records)
                   if r["gold_chosen"] != r["gold_rejected"]]
             gold_acc = sum(ok) / max(1, len(ok))
+        # the baseline the RM must beat: the SFT model's own likelihood of each answer, no comparisons used
+        lik_c, lik_r = pair_scores(sft, val_pairs, likelihood=True)
+        likelihood_acc = pairwise_accuracy(lik_c, lik_r)
         if all("correct_chosen" in r and "agreement" in r for r in val_records):
             by_kind = accuracy_by_kind(val_records, rc, rr)
+            for kind, v in accuracy_by_kind(val_records, lik_c, lik_r).items():
+                by_kind[kind]["sft_likelihood"] = v["accuracy"]
         # normalise the RM's scale on the SFT answers it was trained on: mean 0, std 1
         uniq = {(r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected")}
         scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in uniq], [answer_ids(tok, a, e) for _, a, e in uniq])
         reward_norm = (scores.mean().item(), scores.std().item() + 1e-6)
         rm_metrics = {"accuracy": round(accuracy, 4), "labeler_ceiling": round(ceiling, 4) if ceiling is not None else None,
                       "accuracy_vs_gold": round(gold_acc, 4) if gold_acc is not None else None,
+                      "sft_likelihood_accuracy": round(likelihood_acc, 4),
                       "comparisons": len(records), "train_pairs": len(train_pairs), "heldout_pairs": len(val_pairs),
                       "steps": rm_steps, "source": source.split(":")[0], "wall_s": round(t_rm(), 1),
                       "by_kind": by_kind}
@@ -749,16 +760,20 @@ def main(argv=None):
                  f"**{accuracy:.1%}**; {ceiling_text}"]
         if gold_acc is not None:
             lines.append(f"- against the true (gold) ordering instead of the noisy labels: {gold_acc:.1%}")
+        lines.append(f"- with no comparisons at all, the SFT model's own mean log-probability per answer token picks "
+                     f"the labeler's choice on {likelihood_acc:.1%} of the same pairs")
         if by_kind:
             lines += ["", "Where the held-out accuracy is lost, by what tells the two answers apart:", "",
-                      common.md_table(["pair", "n", "reward model", "labeler ceiling"],
-                                      [[k, v["pairs"], f"{v['accuracy']:.1%}", f"{v['labeler_ceiling']:.1%}"]
-                                       for k, v in by_kind.items()])]
+                      common.md_table(["pair", "n", "reward model", "SFT likelihood (untrained)", "labeler ceiling"],
+                                      [[k, v["pairs"], f"{v['accuracy']:.1%}", f"{v['sft_likelihood']:.1%}",
+                                        f"{v['labeler_ceiling']:.1%}"] for k, v in by_kind.items()])]
         common.update_report(args.out_dir, "rm", rm_metrics, "\n".join(lines))
         log(f"reward model: held-out accuracy {accuracy:.1%}" + (f" | labeler ceiling {ceiling:.1%}" if ceiling else "")
-            + (f" | vs gold order {gold_acc:.1%}" if gold_acc is not None else "") + f" | saved {rm_path}")
+            + (f" | vs gold order {gold_acc:.1%}" if gold_acc is not None else "")
+            + f" | SFT likelihood, untrained, {likelihood_acc:.1%} | saved {rm_path}")
         for kind, v in (by_kind or {}).items():
-            log(f"  {kind}: {v['accuracy']:.1%} of {v['pairs']} pairs (labeler ceiling {v['labeler_ceiling']:.1%})")
+            log(f"  {kind}: {v['accuracy']:.1%} of {v['pairs']} pairs (SFT likelihood {v['sft_likelihood']:.1%}, "
+                f"labeler ceiling {v['labeler_ceiling']:.1%})")
     else:
         reward_norm = tuple(rm_ckpt["reward_norm"])
     rm.eval()

@@ -45,6 +45,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert sum(v["pairs"] for v in by_kind.values()) == report["rm"]["heldout_pairs"]
     assert sum(v["accuracy"] * v["pairs"] for v in by_kind.values()) == pytest.approx(
         report["rm"]["accuracy"] * report["rm"]["heldout_pairs"], abs=0.01)
+    assert sum(v["sft_likelihood"] * v["pairs"] for v in by_kind.values()) == pytest.approx(
+        report["rm"]["sft_likelihood_accuracy"] * report["rm"]["heldout_pairs"], abs=0.01)
     md = open(os.path.join(out, "report.md")).read()
     headers = ["## Pretraining", "## SFT", "## Arena"]
     assert all(md.count(h) == 1 for h in headers)

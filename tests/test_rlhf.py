@@ -80,6 +80,16 @@ def test_a_prompts_comparisons_are_one_batch_element_and_each_answer_is_scored_o
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_likelihood_score_is_the_mean_log_prob_of_the_answer_tokens_alone():
+    model = tiny_model(vocab=20)
+    prompts, answers = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10]]
+    got = rlhf.score_answers(model, prompts, answers, likelihood=True)
+    for (p, a), g in zip(zip(prompts, answers), got):  # one row at a time: no padding, no other row
+        logp = torch.log_softmax(model(torch.tensor([p + a]))[0], -1)
+        expected = sum(logp[len(p) - 1 + i, t] for i, t in enumerate(a)) / len(a)
+        assert g.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
 def test_accuracy_by_kind_splits_pairs_by_correctness():
     rec = lambda c, r, agreement: {"correct_chosen": c, "correct_rejected": r, "agreement": agreement}
     records = [rec(True, False, 1.0), rec(False, True, 0.9), rec(True, True, 0.6), rec(False, False, 0.8),
