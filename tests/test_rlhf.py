@@ -1,6 +1,7 @@
 """rlhf.py: the Bradley-Terry loss and accuracy, log-probs only on answer tokens, KL 0 against itself, the
-policy gradient raises a toy reward, the terminal labeler saves exactly what was chosen and continues where
-it stopped, bad comparison files are reported by line, and a tiny run writes and reuses what it should."""
+policy gradient raises a toy reward, PPO's clip stops tokens outside the trust region, the terminal labeler
+saves exactly what was chosen and continues where it stopped, bad comparison files are reported by line, and
+a tiny run writes and reuses what it should."""
 import io
 import json
 import os
@@ -147,6 +148,26 @@ def test_policy_gradient_raises_a_toy_reward():
         opt.step()
         means.append(reward.mean().item())
     assert sum(means[-5:]) / 5 > sum(means[:5]) / 5 + 1.0
+
+
+def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
+    """On the first update (ratio 1) the surrogate's gradient is REINFORCE's, -A per token log-prob; on a later
+    one a token whose ratio is already past 1 + eps (advantage > 0) or below 1 - eps (advantage < 0) gets none."""
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    mask, A = torch.ones(2, 3), torch.tensor([2.0, -1.0])
+    logp = old.clone().requires_grad_(True)
+    rlhf.policy_loss(logp, old, A, mask, 0.2).backward()
+    assert torch.allclose(logp.grad, -A[:, None].expand(2, 3) / 2)  # the mean over the 2 answers
+    # ratios 1.5 (past 1.2), 1.1 (inside), 0.5 (not clipped for A > 0: min keeps the smaller, unclipped term)
+    ratios = torch.tensor([[1.5, 1.1, 0.5], [0.5, 0.9, 1.5]])
+    logp = (old + ratios.log()).requires_grad_(True)
+    rlhf.policy_loss(logp, old, A, mask, 0.2).backward()
+    expected = -A[:, None] * ratios / 2 * torch.tensor([[0.0, 1, 1], [0, 1, 1]])
+    assert torch.allclose(logp.grad, expected)
+    mask[0, 1] = 0  # a masked token (prompt, padding) gets no gradient whatever its ratio
+    logp.grad = None
+    rlhf.policy_loss(logp, old, A, mask, 0.2).backward()
+    assert logp.grad[0, 1] == 0
 
 
 def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
