@@ -158,7 +158,8 @@ def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
     logp = old.clone().requires_grad_(True)
     rlhf.policy_loss(logp, old, A, mask, 0.2).backward()
     assert torch.allclose(logp.grad, -A[:, None].expand(2, 3) / 2)  # the mean over the 2 answers
-    # ratios 1.5 (past 1.2), 1.1 (inside), 0.5 (not clipped for A > 0: min keeps the smaller, unclipped term)
+    # A > 0: ratio 1.5 is past 1.2 (clipped), 1.1 inside, 0.5 not clipped (the min keeps the smaller, unclipped
+    # term: a bad move is always undone); A < 0 mirrored: 0.5 below 0.8 (clipped), 0.9 inside, 1.5 not clipped
     ratios = torch.tensor([[1.5, 1.1, 0.5], [0.5, 0.9, 1.5]])
     logp = (old + ratios.log()).requires_grad_(True)
     rlhf.policy_loss(logp, old, A, mask, 0.2).backward()
