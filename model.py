@@ -39,6 +39,7 @@ class ModelArgs:
     dropout: float = 0.0
     tie_embeddings: bool = True  # output.weight is tok_embeddings.weight (GPT-2, llama2.c's small models)
     reward_head: bool = False  # rlhf.py's reward model: a scalar read from the last token's hidden state
+    reward_likelihood: float = 0.0  # ... plus this times the mean log-probability its own LM head gives the answer
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -226,11 +227,19 @@ class Transformer(nn.Module):
         """tokens (B, T) -> logits (B, T, V). With a cache, tokens are the next chunk after start_pos tokens."""
         return self.output(self.features(tokens, start_pos, cache))
 
-    def score(self, tokens, lengths):
-        """The reward model's scalar for each sequence, read at its last real token: (B, T), (B,) -> (B,)."""
+    def score(self, tokens, lengths, targets=None):
+        """The reward model's scalar for each sequence: (B, T), (B,) -> (B,). The reward head read at the last
+        real token, plus args.reward_likelihood times the mean log-probability the model's own LM head gives the
+        targets (B, T; the answer's tokens, -1 elsewhere), when that weight is not 0 (see rlhf.py)."""
         h = self.features(tokens)  # (B, T, C)
         last = h[torch.arange(tokens.shape[0], device=tokens.device), lengths - 1]  # (B, C)
-        return self.reward(last).squeeze(-1).float()
+        r = self.reward(last).squeeze(-1).float()
+        if self.args.reward_likelihood:
+            if targets is None:
+                raise ValueError("this reward model also scores the answer's likelihood: pass its targets")
+            logp = token_logprobs(self.output(h), targets)  # (B, T), 0 where the target is -1
+            r = r + self.args.reward_likelihood * logp.sum(1) / (targets != -1).sum(1).clamp(min=1)
+        return r
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,11 +13,17 @@ optimised.
    the terminal (--label; 1/2/t(ie)/s(kip)/q(uit), saved as you go), or a JSONL file (--comparisons FILE,
    one {"prompt", "chosen", "rejected"} per line, optional "tie", "chosen_ended", "rejected_ended").
    Written to OUT_DIR/comparisons.jsonl.
-2. Reward model: the SFT transformer with a scalar head read at the last token (model.Transformer.score),
-   trained with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), a prompt's answers scored once for
-   all its pairs (InstructGPT's batching, so many comparisons per prompt are cheap); its held-out pairwise accuracy
-   is reported beside the accuracy the noisy labeler itself allows on the same pairs. OUT_DIR/rm.pt. A later
-   run reuses rm.pt when it was trained from the same SFT checkpoint, comparisons and settings.
+2. Reward model: the SFT transformer with a scalar head read at the last token, plus --rm-likelihood times the
+   mean log-probability its own LM head gives the answer (model.Transformer.score), trained with the
+   Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), a prompt's answers scored once for all its pairs
+   (InstructGPT's batching, so many comparisons per prompt are cheap); its held-out pairwise accuracy is reported
+   beside the accuracy the noisy labeler itself allows on the same pairs. OUT_DIR/rm.pt. A later run reuses
+   rm.pt when it was trained from the same SFT checkpoint, comparisons and settings.
+   Why the likelihood term: a freshly initialised head knows nothing, and fine-tuning the body for it wears away
+   what the body knew (untrained, the SFT likelihood orders right against wrong answers as well as a head-only
+   RM does after training). With the term, the RM starts from the model's own belief in the answer and the
+   comparisons adjust it; the LM weights are trained through both terms (a reference-free cousin of DPO's
+   implicit reward, Rafailov et al. 2023). Measured in the README; --rm-likelihood 0 is InstructGPT's RM.
 3. Policy optimisation: REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024,
    "RLOO") over K samples per prompt, reward = RM score - kl_coef * KL(policy || SFT), optionally with PPO's
    clipped ratio for several updates per batch (--ppo-epochs). The policy-gradient derivation (seed 004) is
@@ -39,7 +45,8 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - --ppo-epochs 1 (the default) is plain on-policy REINFORCE: the ratio is 1 and clipping never acts. With more
   epochs, PPO's clipped ratio per token, on the same advantages; no minibatches, no value loss, no entropy bonus.
 - A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
-- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM). Each pair of a prompt's K
+- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), and its score adds the answer's
+  mean log-probability under its own LM head (InstructGPT's RM is the head alone: --rm-likelihood 0). Each pair of a prompt's K
   answers is labelled on its own (InstructGPT's labelers rank all K at once); as there, all of a prompt's pairs
   are one batch element. RM scores are normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on
   demonstrations).
@@ -51,7 +58,7 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
 rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, report section rlhf_T)
     python rlhf.py                                  # simulated labeler, RM, RL, exam: a few minutes on 2 CPU cores
-    python rlhf.py --kl-coef 0 --steps 300 --tag nokl   # reward hacking on purpose (reuses rm.pt)
+    python rlhf.py --kl-coef 0 --steps 600 --tag nokl   # reward hacking on purpose (reuses rm.pt)
     python rlhf.py --label                          # be the labeler yourself (q saves and quits; run again to go on)
     python rlhf.py --comparisons my_pairs.jsonl     # comparisons from a file
 """
@@ -221,9 +228,11 @@ def is_heldout(prompt, fraction):
 # ----------------------------------------------------------------------------------------------------------
 # 2. the reward model
 
-def reward_model_from(policy):
-    """The SFT transformer plus a scalar head (model.py's reward_head), every other weight copied."""
-    rm = Transformer(ModelArgs.from_dict({**asdict(policy.args), "reward_head": True}))
+def reward_model_from(policy, likelihood=0.0):
+    """The SFT transformer plus a scalar head (model.py's reward_head), every other weight copied; its score
+    adds `likelihood` times the mean log-probability of the answer under its own LM head (see --rm-likelihood)."""
+    rm = Transformer(ModelArgs.from_dict({**asdict(policy.args), "reward_head": True,
+                                          "reward_likelihood": likelihood}))
     missing, unexpected = rm.load_state_dict(policy.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("reward.") for k in missing), (missing, unexpected)
     return rm.to(policy.tok_embeddings.weight.device)
@@ -286,7 +295,7 @@ def score_answers(model, prompts, answers, batch_size=128, likelihood=False):
             if likelihood:
                 scores.append(token_logprobs(model(x), y).sum(1) / (y != -1).sum(1).clamp(min=1))
             else:
-                scores.append(model.score(x, lengths))
+                scores.append(model.score(x, lengths, y))
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
@@ -321,8 +330,8 @@ def group_loss(rm, groups):
     device = rm.tok_embeddings.weight.device
     flat_prompts = [p for p, answers, _ in groups for _ in answers]
     flat_answers = [a for _, answers, _ in groups for a in answers]
-    x, _, lengths = pad_batch(flat_prompts, flat_answers, device)
-    r = rm.score(x, lengths)  # every answer once
+    x, y, lengths = pad_batch(flat_prompts, flat_answers, device)
+    r = rm.score(x, lengths, y)  # every answer once
     chosen, rejected, tie, weight, offset = [], [], [], [], 0
     for _, answers, comparisons in groups:
         for ic, ij, t in comparisons:
@@ -561,7 +570,9 @@ def get_args(argv=None):
     p.add_argument("--rm-epochs", type=float, default=2.0, help="passes over the training comparisons")
     p.add_argument("--rm-batch-size", type=int, default=8, help="prompts per RM step, each with all its "
                    "comparisons")
-    p.add_argument("--rm-lr", type=float, default=1e-3, help="RM peak learning rate")
+    p.add_argument("--rm-lr", type=float, default=3e-4, help="RM peak learning rate")
+    p.add_argument("--rm-likelihood", type=float, default=1.0, help="the RM's score adds this times the mean "
+                   "log-probability of the answer under its own LM head (0: the scalar head alone, InstructGPT's)")
     p.add_argument("--rm-heldout", type=float, default=0.15, help="fraction of prompts held out for RM accuracy")
     # policy optimisation
     p.add_argument("--steps", type=int, default=80, help="RL steps (one batch of rollouts each)")
@@ -590,6 +601,8 @@ def get_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.samples < 2 or args.answers_per_prompt < 2:
         p.error("--samples and --answers-per-prompt must be at least 2 (a baseline / a pair needs two)")
+    if args.rm_likelihood < 0:
+        p.error("--rm-likelihood must be at least 0")
     if not 0 < args.rm_heldout < 1:
         p.error("--rm-heldout must be in (0, 1)")
     if args.label and args.comparisons:
@@ -663,7 +676,7 @@ def main(argv=None):
         source = f"file:{file_sha(args.comparisons)}"
     else:
         source = f"simulated:{args.n_comparisons}x{args.answers_per_prompt}:{args.max_new_tokens}:{args.seed}"
-    rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
+    rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr, "rm_likelihood": args.rm_likelihood,
               "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
     rm = None
     if os.path.exists(rm_path) and not args.retrain_rm:
@@ -713,7 +726,7 @@ def main(argv=None):
         if len(train_pairs) < 2 or not val_pairs:
             common.fail(f"{len(records)} comparisons are too few to train and test a reward model "
                         f"({len(train_pairs)} train, {len(val_pairs)} held-out)")
-        rm = reward_model_from(sft)
+        rm = reward_model_from(sft, args.rm_likelihood)
         log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
             f"before training the held-out accuracy is {pairwise_accuracy(*pair_scores(rm, val_pairs)):.1%}")
         try:

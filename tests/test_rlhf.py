@@ -67,11 +67,11 @@ def test_a_prompts_comparisons_are_one_batch_element_and_each_answer_is_scored_o
     groups = rlhf.group_by_prompt(pairs)
     assert groups == [([1, 2], [x, y, z], [(0, 1, False), (1, 2, False), (0, 2, False)]),
                       ([3], [u, v], [(0, 1, True)])]
-    rm = rlhf.reward_model_from(tiny_model(vocab=20))
+    rm = rlhf.reward_model_from(tiny_model(vocab=20), likelihood=1.0)
     torch.nn.init.normal_(rm.reward.weight, std=1.0)  # nonzero scores
     rows = []
     score = rm.score
-    rm.score = lambda tokens, lengths: rows.append(len(lengths)) or score(tokens, lengths)
+    rm.score = lambda tokens, lengths, targets: rows.append(len(lengths)) or score(tokens, lengths, targets)
     loss = rlhf.group_loss(rm, groups)
     assert rows == [5]  # five answers, not 2 x 4 pair halves
     # InstructGPT's weighting: the mean over prompts of the mean over each prompt's pairs
@@ -89,6 +89,22 @@ def test_likelihood_score_is_the_mean_log_prob_of_the_answer_tokens_alone():
         logp = torch.log_softmax(model(torch.tensor([p + a]))[0], -1)
         expected = sum(logp[len(p) - 1 + i, t] for i, t in enumerate(a)) / len(a)
         assert g.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
+    policy = tiny_model(vocab=20)
+    prompts, answers = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10]]
+    head_only = rlhf.reward_model_from(policy)
+    torch.nn.init.normal_(head_only.reward.weight, std=1.0)
+    anchored = rlhf.reward_model_from(policy, likelihood=0.5)
+    anchored.load_state_dict(head_only.state_dict())
+    likelihood = rlhf.score_answers(policy, prompts, answers, likelihood=True)
+    got = rlhf.score_answers(anchored, prompts, answers)
+    expected = rlhf.score_answers(head_only, prompts, answers) + 0.5 * likelihood
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, 0.5 * likelihood, atol=1e-3)
+    x, _, lengths = rlhf.pad_batch(prompts, answers, "cpu")
+    with pytest.raises(ValueError, match="targets"):
+        anchored.score(x, lengths)
 
 
 def test_accuracy_by_kind_splits_pairs_by_correctness():
