@@ -46,10 +46,10 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
   epochs, PPO's clipped ratio per token, on the same advantages; no minibatches, no value loss, no entropy bonus.
 - A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
 - The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), and its score adds the answer's
-  mean log-probability under its own LM head (InstructGPT's RM is the head alone: --rm-likelihood 0). Each pair of a prompt's K
-  answers is labelled on its own (InstructGPT's labelers rank all K at once); as there, all of a prompt's pairs
-  are one batch element. RM scores are normalised to mean 0 / std 1 on SFT answers (InstructGPT: mean 0 on
-  demonstrations).
+  mean log-probability under its own LM head (InstructGPT's RM is the head alone: --rm-likelihood 0). Each
+  pair of a prompt's K answers is labelled on its own (InstructGPT's labelers rank all K at once); as there,
+  all of a prompt's pairs are one batch element. RM scores are normalised to mean 0 / std 1 on SFT answers
+  (InstructGPT: mean 0 on demonstrations).
 - The prompts of one step share their token length (model.generate has no attention mask for left padding),
   the length drawn in proportion to how many prompts have it; over many steps every prompt is equally likely.
 - Early stopping by a labeler spot check of the current policy against SFT (see 4.), not by a held-out RM.
@@ -676,8 +676,8 @@ def main(argv=None):
         source = f"file:{file_sha(args.comparisons)}"
     else:
         source = f"simulated:{args.n_comparisons}x{args.answers_per_prompt}:{args.max_new_tokens}:{args.seed}"
-    rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr, "rm_likelihood": args.rm_likelihood,
-              "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
+    rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
+              "rm_likelihood": args.rm_likelihood, "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
     rm = None
     if os.path.exists(rm_path) and not args.retrain_rm:
         try:
@@ -767,7 +767,8 @@ def main(argv=None):
                         else "the labeler's own ceiling is unknown for this source")
         lines = ["## Reward model (`python rlhf.py`)", "",
                  f"{len(records)} comparisons ({source.split(':')[0]} labeler) of SFT answers, "
-                 f"{args.answers_per_prompt} per prompt; Bradley-Terry loss, {rm_steps} steps from the SFT weights.",
+                 f"{args.answers_per_prompt} per prompt; Bradley-Terry loss, {rm_steps} steps from the SFT weights; "
+                 f"score = head at the last token + {args.rm_likelihood:g} x the answer's mean log-probability.",
                  f"Wall time {rm_metrics['wall_s']:.0f} s.", "",
                  f"- held-out pairwise accuracy (against the labels, {len(val_pairs)} pairs on unseen prompts): "
                  f"**{accuracy:.1%}**; {ceiling_text}"]
