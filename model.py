@@ -227,18 +227,15 @@ class Transformer(nn.Module):
         """tokens (B, T) -> logits (B, T, V). With a cache, tokens are the next chunk after start_pos tokens."""
         return self.output(self.features(tokens, start_pos, cache))
 
-    def score(self, tokens, lengths, targets=None):
-        """The reward model's scalar for each sequence: (B, T), (B,) -> (B,). The reward head read at the last
-        real token, plus args.reward_likelihood times the mean log-probability the model's own LM head gives the
-        targets (B, T; the answer's tokens, -1 elsewhere), when that weight is not 0 (see rlhf.py)."""
+    def score(self, tokens, lengths, targets):
+        """The reward model's scalar for each sequence: (B, T), (B,), (B, T) -> (B,). The reward head read at the
+        last real token, plus args.reward_likelihood times the mean log-probability the model's own LM head gives
+        the targets (the answer's tokens, -1 elsewhere; read only when that weight is not 0, see rlhf.py)."""
         h = self.features(tokens)  # (B, T, C)
         last = h[torch.arange(tokens.shape[0], device=tokens.device), lengths - 1]  # (B, C)
         r = self.reward(last).squeeze(-1).float()
         if self.args.reward_likelihood:
-            if targets is None:
-                raise ValueError("this reward model also scores the answer's likelihood: pass its targets")
-            logp = token_logprobs(self.output(h), targets)  # (B, T), 0 where the target is -1
-            r = r + self.args.reward_likelihood * logp.sum(1) / (targets != -1).sum(1).clamp(min=1)
+            r = r + self.args.reward_likelihood * mean_logprob(self.output(h), targets)
         return r
 
 
@@ -255,6 +252,11 @@ def token_logprobs(logits, targets):
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * (targets != -1)
+
+
+def mean_logprob(logits, targets):
+    """Each row's mean log p(target) over its targets that are not -1: (B, T, V), (B, T) -> (B,)."""
+    return token_logprobs(logits, targets).sum(1) / (targets != -1).sum(1).clamp(min=1)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ import torch.nn.functional as F
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, load_checkpoint,
-                   save_checkpoint, token_logprobs)
+                   mean_logprob, save_checkpoint, token_logprobs)
 from tokenizer import Tokenizer, render_chat
 
 
@@ -293,7 +293,7 @@ def score_answers(model, prompts, answers, batch_size=128, likelihood=False):
         for s in range(0, len(prompts), batch_size):
             x, y, lengths = pad_batch(prompts[s:s + batch_size], answers[s:s + batch_size], device)
             if likelihood:
-                scores.append(token_logprobs(model(x), y).sum(1) / (y != -1).sum(1).clamp(min=1))
+                scores.append(mean_logprob(model(x), y))
             else:
                 scores.append(model.score(x, lengths, y))
     return torch.cat(scores) if scores else torch.zeros(0)

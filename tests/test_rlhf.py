@@ -103,7 +103,7 @@ def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
     expected = rlhf.score_answers(head_only, prompts, answers) + 0.5 * likelihood
     assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, 0.5 * likelihood, atol=1e-3)
     x, _, lengths = rlhf.pad_batch(prompts, answers, "cpu")
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(TypeError, match="targets"):
         anchored.score(x, lengths)
 
 
