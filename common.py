@@ -56,6 +56,20 @@ def add_system_args(p, dtype=True):
                        help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
 
 
+def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=()):
+    """Numbers out of range stop here, before any work, with argparse's one-line usage error, instead of as a
+    traceback from deep inside (torch's "Invalid learning rate", an empty batch's stack). Names are argument
+    dests; a None value (a default filled in later) is skipped. below_1: 0 <= value < 1 (rates, fractions)."""
+    rules = ([(n, lambda v: v >= 1, "at least 1") for n in at_least_1] +
+             [(n, lambda v: v >= 0, "at least 0") for n in at_least_0] +
+             [(n, lambda v: v > 0, "positive") for n in positive] +
+             [(n, lambda v: 0 <= v < 1, "in [0, 1)") for n in below_1])
+    for name, ok, what in rules:
+        value = getattr(args, name)
+        if value is not None and not ok(value):
+            parser.error(f"--{name.replace('_', '-')} must be {what} (got {value})")
+
+
 def start(args):
     """What every training script does first, from add_system_args' flags: keep freed memory, set the CPU
     threads, pick the device and the precision. Returns (device, dtype); dtype is float32 without --dtype.

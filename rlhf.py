@@ -594,15 +594,13 @@ def get_args(argv=None):
     common.add_system_args(p, dtype=False)
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
-    for name in ("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps", "prompts_per_step",
-                 "ppo_epochs", "max_new_tokens", "eval_interval", "spot_prompts", "eval_prompts", "log_interval",
-                 "sample_interval"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    common.check_ranges(p, args, at_least_1=("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps",
+                                             "prompts_per_step", "ppo_epochs", "max_new_tokens", "eval_interval",
+                                             "spot_prompts", "eval_prompts", "log_interval", "sample_interval"),
+                        at_least_0=("rm_likelihood", "kl_coef", "exam_items", "threads"),
+                        positive=("rm_epochs", "rm_lr", "lr", "clip"))
     if args.samples < 2 or args.answers_per_prompt < 2:
         p.error("--samples and --answers-per-prompt must be at least 2 (a baseline / a pair needs two)")
-    if args.rm_likelihood < 0:
-        p.error("--rm-likelihood must be at least 0")
     if not 0 < args.rm_heldout < 1:
         p.error("--rm-heldout must be in (0, 1)")
     if args.label and args.comparisons:

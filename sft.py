@@ -165,7 +165,12 @@ def get_args(argv=None):
     # system
     common.add_system_args(p)
     p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    common.check_ranges(p, args, at_least_1=("conversations", "batch_size", "pretrain_mix_len", "log_interval",
+                                             "eval_interval"),
+                        at_least_0=("warmup", "weight_decay", "grad_clip", "pretrain_mix", "exam_items", "threads"),
+                        positive=("epochs", "lr"), below_1=("val_fraction",))
+    return args
 
 
 def main(argv=None):

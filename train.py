@@ -233,6 +233,12 @@ def get_args(argv=None):
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    common.check_ranges(p, args, at_least_1=("world_people", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                                             "seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval",
+                                             "eval_batches", "log_interval"),
+                        at_least_0=("min_lr_ratio", "warmup", "weight_decay", "grad_clip", "exam_items", "threads",
+                                    "bench"),
+                        positive=("lr",), below_1=("dropout", "beta2"))
     return args
 
 

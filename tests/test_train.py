@@ -130,3 +130,26 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
         assert f"{before + 1} threads" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("train", ["--lr", "-1"], "--lr must be positive (got -1.0)"),
+    ("train", ["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+    ("train", ["--dropout", "1"], "--dropout must be in [0, 1) (got 1.0)"),
+    ("sft", ["--val-fraction", "1"], "--val-fraction must be in [0, 1) (got 1.0)"),
+    ("sft", ["--epochs", "nan"], "--epochs must be positive (got nan)"),
+    ("rlhf", ["--kl-coef", "-0.1"], "--kl-coef must be at least 0 (got -0.1)"),
+    ("rlhf", ["--steps", "0"], "--steps must be at least 1 (got 0)"),
+])
+def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, message, capsys):
+    import rlhf
+    import sft
+    with pytest.raises(SystemExit) as e:
+        {"train": train, "sft": sft, "rlhf": rlhf}[script].get_args(argv)
+    assert e.value.code == 2  # argparse's usage error, raised while parsing: nothing has been read or written
+    assert capsys.readouterr().err.strip().endswith(f": error: {message}")
+
+
+def test_defaults_and_presets_pass_the_range_checks():
+    for preset in train.PRESETS:
+        train.get_args(["--preset", preset])
