@@ -138,7 +138,9 @@ def get_args(argv=None):
     p.add_argument("--world-people", type=int, default=None, help="world size (default: from the first checkpoint)")
     p.add_argument("--world-seed", type=int, default=None, help="world seed (default: from the first checkpoint)")
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the labeler's noise")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    common.check_ranges(p, args, at_least_1=("questions", "max_new_tokens", "world_people"), at_least_0=("temperature",))
+    return args
 
 
 def main(argv=None):

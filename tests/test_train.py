@@ -140,12 +140,14 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
     ("sft", ["--epochs", "nan"], "--epochs must be positive (got nan)"),
     ("rlhf", ["--kl-coef", "-0.1"], "--kl-coef must be at least 0 (got -0.1)"),
     ("rlhf", ["--steps", "0"], "--steps must be at least 1 (got 0)"),
+    ("arena", ["--temperature", "-1"], "--temperature must be at least 0 (got -1.0)"),
 ])
 def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, message, capsys):
+    import arena
     import rlhf
     import sft
     with pytest.raises(SystemExit) as e:
-        {"train": train, "sft": sft, "rlhf": rlhf}[script].get_args(argv)
+        {"train": train, "sft": sft, "rlhf": rlhf, "arena": arena}[script].get_args(argv)
     assert e.value.code == 2  # argparse's usage error, raised while parsing: nothing has been read or written
     assert capsys.readouterr().err.strip().endswith(f": error: {message}")
 
