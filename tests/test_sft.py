@@ -62,6 +62,13 @@ def test_malformed_jsonl_is_reported_by_line_before_training(tmp_path, base_dir,
     assert not os.path.exists(out / "sft.pt")
 
 
+def test_no_warmup_starts_at_the_full_learning_rate(tmp_path, base_dir, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--epochs", "0.01", "--warmup", "0", "--lr", "2e-3", "--exam-items", "0"])
+    assert "| lr 2.0e-03 |" in capsys.readouterr().out and os.path.exists(out / "sft.pt")
+
+
 def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     out = tmp_path / "out"
     shutil.copytree(base_dir, out)

@@ -154,5 +154,10 @@ def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, m
 
 
 def test_defaults_and_presets_pass_the_range_checks():
+    import arena
+    import rlhf
+    import sft
     for preset in train.PRESETS:
         train.get_args(["--preset", preset])
+    for script in (sft, rlhf, arena):
+        script.get_args([])
