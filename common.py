@@ -152,6 +152,12 @@ def lr_at(step, max_steps, lr, warmup, min_lr):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+def linear_lr(step, max_steps, lr, warmup):
+    """Linear warmup for `warmup` steps (none at 0), then linear decay to 0 at max_steps: a schedule that ends
+    where a small dataset ends (sft.py, rlhf.py's reward model; nanochat's chat_sft decays linearly to 0 too)."""
+    return lr * min((step + 1) / max(1, warmup), (max_steps - step) / max(1, max_steps - warmup))
+
+
 def step_line(step, max_steps, loss, lr, dt, tokens, extra=""):
     """The one step-log format of every training script."""
     tok_s = tokens / max(dt, 1e-9)

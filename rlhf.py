@@ -360,7 +360,7 @@ def train_reward_model(rm, train_pairs, args, log):
             order = torch.randperm(len(groups), generator=gen).tolist()
         batch = [groups[i] for i in order[:args.rm_batch_size]]
         del order[:args.rm_batch_size]
-        lr = args.rm_lr * min((step + 1) / 10, (max_steps - step) / max(1, max_steps - 10))
+        lr = common.linear_lr(step, max_steps, args.rm_lr, warmup=10)
         for g in opt.param_groups:
             g["lr"] = lr
         loss = group_loss(rm, batch)

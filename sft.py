@@ -246,8 +246,7 @@ def main(argv=None):
     step, t_last = start_step, common.Timer()
     try:
         while step < max_steps:
-            # warmup, then linear decay to 0 (a schedule that ends where the data ends)
-            lr = args.lr * min((step + 1) / max(1, args.warmup), (max_steps - step) / max(1, max_steps - args.warmup))
+            lr = common.linear_lr(step, max_steps, args.lr, args.warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = collate(batch_rows(step), device)

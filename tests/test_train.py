@@ -161,3 +161,10 @@ def test_defaults_and_presets_pass_the_range_checks():
         train.get_args(["--preset", preset])
     for script in (sft, rlhf, arena):
         script.get_args([])
+
+
+def test_linear_lr_warms_up_then_decays_to_zero_at_the_end():
+    lrs = [common.linear_lr(s, 20, 1.0, 4) for s in range(20)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0 and lrs[-1] == 1 / 16
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert common.linear_lr(0, 20, 1.0, 0) == 1.0  # no warmup: the full rate from the first step
