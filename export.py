@@ -43,7 +43,8 @@ import run  # the runtime, imported to check the blob with its own loader (run.p
 import tokenizer
 
 MAGIC = b"twofiles"  # the first 8 bytes of every blob
-VERSION = 1  # bump on any change a version-1 reader would misread; run.py refuses newer versions
+VERSION = 2  # bump on any change an older reader would misread; run.py refuses newer versions
+# (2: the chat template encodes each message after chat.content_prefix; version 1 had none)
 ALIGN = 64  # every tensor starts at a multiple of 64 bytes: aligned for memory mapping and SIMD loads
 STAGES = ("rlhf", "sft", "base")  # the generating stages, newest first (the default --ckpt search order)
 
@@ -99,9 +100,9 @@ def blob_header(net, stage, step, tok, tensors, data_start):
         "tokenizer": {"pieces": [p for p, _, _ in pieces], "scores": [s for _, s, _ in pieces],
                       "types": [k for _, _, k in pieces],
                       "unk_id": tok.unk_id, "bos_id": tok.bos_id, "eos_id": tok.eos_id},
-        # the chat template of tokenizer.render_chat: [bos] + per message [role_ids[role]] + content + [end_id],
-        # then [role_ids["assistant"]] to ask for an answer
-        "chat": {"role_ids": dict(tok.role_ids), "end_id": tok.end_id},
+        # the chat template of tokenizer.render_chat: [bos] + per message [role_ids[role]]
+        # + encode(content_prefix + content) + [end_id], then [role_ids["assistant"]] to ask for an answer
+        "chat": {"role_ids": dict(tok.role_ids), "end_id": tok.end_id, "content_prefix": tokenizer.CONTENT_PREFIX},
         "tensors": entries,
     }
 
@@ -197,14 +198,14 @@ GGUF_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "
               "attention.wv": "attn_v", "attention.wo": "attn_output", "ffn_norm": "ffn_norm",
               "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up", "feed_forward.w2": "ffn_down"}
 # tokenizer.render_chat as a Jinja template (the `tokenizer.chat_template` that llama.cpp, LM Studio and
-# HF-style chat UIs render): <s>, then per message <|role|> content <|end|>, then <|assistant|> to ask for an
+# HF-style chat UIs render): <s>, then per message <|role|> ␣content <|end|>, then <|assistant|> to ask for an
 # answer. A second writing of the chat format, held equal to render_chat by tests/test_gguf.py.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + tokenizer.END_TOKEN + "' }}"
+    "{{ '<|' + message['role'] + '|>" + tokenizer.CONTENT_PREFIX + "' + message['content'] + '" + tokenizer.END_TOKEN + "' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + tokenizer.ROLE_TOKENS["assistant"] + "' }}{% endif %}")
 

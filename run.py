@@ -49,7 +49,7 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402  (after the thread count is set)
 
-MAGIC, VERSION, ALIGN = b"twofiles", 1, 64  # as export.py writes them
+MAGIC, VERSION, ALIGN = b"twofiles", 2, 64  # as export.py writes them (version 1: no chat.content_prefix)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # sentencepiece's piece types
 MAX_SEQ_LEN = 1 << 20  # a sanity bound: the KV cache and RoPE tables are sized by max_seq_len, not by the file
 
@@ -128,6 +128,7 @@ def check_header(h, file_size, data_start):
     byte_pieces = {p for p, k in zip(t["pieces"], t["types"]) if k == BYTE}
     need(byte_pieces == {f"<0x{b:02X}>" for b in range(256)}, "the tokenizer lacks its 256 byte-fallback pieces")
     need(isinstance(c, dict) and isinstance(c.get("role_ids"), dict), "chat lacks role_ids")
+    need(isinstance(c.get("content_prefix", ""), str), "chat.content_prefix is not a string")
     ids = [t.get("unk_id"), t.get("bos_id"), t.get("eos_id"), c.get("end_id")]
     ids += [c["role_ids"].get(r) for r in ("system", "user", "assistant")]
     need(all(is_int(i, 0) and i < V for i in ids), f"a special token id is missing or out of range: {ids}")
@@ -183,6 +184,7 @@ class Tokenizer:
         self.pieces, self.types = t["pieces"], t["types"]
         self.unk_id, self.bos_id, self.eos_id = t["unk_id"], t["bos_id"], t["eos_id"]
         self.role_ids, self.end_id = chat["role_ids"], chat["end_id"]
+        self.content_prefix = chat.get("content_prefix", "")  # absent from version-1 blobs, which had none
         # merges may form normal and user-defined pieces; control, unknown and byte pieces are never merged
         # into (sentencepiece keeps them in a separate table). UNUSED pieces (which sentencepiece forms and
         # splits again) do not occur in our vocabularies and are left out.
@@ -257,10 +259,10 @@ class Tokenizer:
 
 def render_chat(tok, messages, add_generation_prompt=False):
     """tokenizer.render_chat's ids (run.py has no use for the training mask): [bos], then for each message
-    [role token] + content + [<|end|>], then [<|assistant|>] when asking for an answer."""
+    [role token] + encode(content prefix + content) + [<|end|>], then [<|assistant|>] when asking for an answer."""
     ids = [tok.bos_id]
     for m in messages:
-        ids += [tok.role_ids[m["role"]], *tok.encode(m["content"]), tok.end_id]
+        ids += [tok.role_ids[m["role"]], *tok.encode(tok.content_prefix + m["content"]), tok.end_id]
     if add_generation_prompt:
         ids.append(tok.role_ids["assistant"])
     return ids
@@ -428,13 +430,20 @@ def generate(model, ids, n_cached, max_new_tokens, sample, stop_id=None):
 
 
 class Printer:
-    """Streams ids to stdout as text: a character split over several byte tokens appears once complete."""
+    """Streams ids to stdout as text: a character split over several byte tokens appears once complete, and
+    `skip` (an answer's content prefix) is left out if the text starts with it."""
 
-    def __init__(self, tok):
-        self.tok, self.utf8 = tok, codecs.getincrementaldecoder("utf-8")(errors="replace")
+    def __init__(self, tok, skip=""):
+        self.tok, self.utf8, self.skip, self.head = tok, codecs.getincrementaldecoder("utf-8")(errors="replace"), skip, ""
 
     def write(self, ids, final=False):
-        sys.stdout.write(self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final))
+        text = self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final)
+        if self.skip:  # hold text back until it is known whether it starts with the prefix
+            self.head += text
+            if len(self.head) < len(self.skip) and self.skip.startswith(self.head) and not final:
+                return
+            text, self.skip = self.head.removeprefix(self.skip), ""
+        sys.stdout.write(text)
         sys.stdout.flush()
 
 
@@ -497,14 +506,15 @@ def chat(model, tok, args, sample, stats):
             n_cached += 1
         if interactive:
             print("assistant> ", end="", file=sys.stderr, flush=True)
-        out, reply = Printer(tok), []
+        out, reply = Printer(tok, skip=tok.content_prefix), []
         for t in stats.timed(generate(model, ids, n_cached, args.max_new_tokens, sample, tok.end_id)):
             reply.append(t)
             out.write([] if t == tok.end_id else [t])
         out.write([], final=True)
         print()
         cached = ids + reply[:-1]  # the last sampled token was never fed through the model
-        messages = kept + [{"role": "assistant", "content": tok.decode([t for t in reply if t != tok.end_id])}]
+        text = tok.decode([t for t in reply if t != tok.end_id]).removeprefix(tok.content_prefix)
+        messages = kept + [{"role": "assistant", "content": text}]
     return messages
 
 

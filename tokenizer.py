@@ -9,7 +9,12 @@ for every string. The chat markers are user-defined symbols: always one token ea
 A conversation becomes ids with `render_chat`; it is the only place the chat format is written (run.py
 mirrors it, and a parity test keeps the two identical):
 
-    <s> <|system|> content <|end|> <|user|> content <|end|> <|assistant|> content <|end|> ...
+    <s> <|system|> ␣content <|end|> <|user|> ␣content <|end|> <|assistant|> ␣content <|end|> ...
+
+Each content is encoded after one space (CONTENT_PREFIX), as Llama 2's template puts a space between
+`[/INST]` and the answer. Without it, the first word of a message is spelled with other pieces than the
+same word inside a sentence ("Isaac" -> "I" + "saac", not "▁Isaac"), and the SFT model sampled at
+temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; README, Known limits).
 
     python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
 """
@@ -21,6 +26,7 @@ import sentencepiece as spm
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
 END_TOKEN = "<|end|>"  # end of a turn: the assistant learns to emit it, so generation knows when to stop
+CONTENT_PREFIX = " "  # encoded before each message's content (see the docstring); decoding strips it
 SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN]
 
 # sentencepiece's piece types (sentencepiece_model.proto), written into the blob and GGUF for run.py
@@ -123,7 +129,7 @@ def render_chat(tok, messages, add_generation_prompt=False):
     check_messages(messages)
     ids, mask = [tok.bos_id], [0]
     for m in messages:
-        content = tok.encode(m["content"])
+        content = tok.encode(CONTENT_PREFIX + m["content"])
         learn = int(m["role"] == "assistant")
         ids += [tok.role_ids[m["role"]], *content, tok.end_id]
         mask += [0] + [learn] * (len(content) + 1)

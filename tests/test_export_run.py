@@ -179,6 +179,31 @@ def test_chat_rendering_equals_render_chat(tok, rtok, tiny_world):
             assert run.render_chat(rtok, messages, prompt) == tokenizer.render_chat(tok, messages, prompt)[0]
 
 
+def test_a_version_1_blob_is_read_with_its_own_template(pair, tok, tmp_path):
+    """Version 1 had no content prefix: run.py still renders its chats as they were trained."""
+    path = tmp_path / "v1.bin"
+    blob = rewrite(pair[3].read_bytes(), lambda h: h["chat"].pop("content_prefix"))
+    path.write_bytes(blob[:8] + struct.pack("<I", 1) + blob[12:])
+    header, _, _ = run.load_blob(str(path))
+    v1 = run.Tokenizer(header["tokenizer"], header["chat"])
+    messages = [{"role": "user", "content": "Where does Anna live?"}]
+    assert run.render_chat(v1, messages) == [tok.bos_id, tok.role_ids["user"], *tok.encode(messages[0]["content"]), tok.end_id]
+
+
+@pytest.mark.parametrize("chunks, shown", [([" In", " Dunmore."], "In Dunmore."), (["In", " Dunmore."], "In Dunmore."),
+                                           ([" ", "In"], "In"), ([" "], ""), (["\u2581x"], "\u2581x")])
+def test_chat_output_leaves_out_the_content_prefix_once(chunks, shown, capsys):
+    """Printer gets text in pieces; only a leading CONTENT_PREFIX is dropped, even when it comes alone."""
+    class Pieces:  # each id is the index of a chunk
+        def piece_bytes(self, i):
+            return chunks[i].encode()
+    out = run.Printer(Pieces(), skip=tokenizer.CONTENT_PREFIX)
+    for i in range(len(chunks)):
+        out.write([i])
+    out.write([], final=True)
+    assert capsys.readouterr().out == shown
+
+
 class Recording(run.Transformer):
     """run.Transformer that keeps the token sequence its KV cache holds, as fed."""
 
@@ -266,7 +291,7 @@ CORRUPTIONS = {
     "empty": lambda b: b"",
     "magic only": lambda b: b[:8],
     "flipped magic": lambda b: bytes([b[0] ^ 0xFF]) + b[1:],
-    "newer version": lambda b: b[:8] + struct.pack("<I", 2) + b[12:],
+    "newer version": lambda b: b[:8] + struct.pack("<I", run.VERSION + 1) + b[12:],
     "version zero": lambda b: b[:8] + struct.pack("<I", 0) + b[12:],
     "huge header length": lambda b: b[:12] + struct.pack("<I", 2**32 - 1) + b[16:],
     "truncated header": lambda b: b[:200],
@@ -295,6 +320,7 @@ CORRUPTIONS = {
     "pieces short": lambda b: rewrite(b, lambda h: h["tokenizer"]["pieces"].pop()),
     "bos out of range": lambda b: rewrite(b, edit(["tokenizer", "bos_id"], 10**6)),
     "no role ids": lambda b: rewrite(b, edit(["chat", "role_ids"], None)),
+    "content prefix not a string": lambda b: rewrite(b, edit(["chat", "content_prefix"], 1)),
     "random bytes": lambda b: random.Random(0).randbytes(5000),
     "random after magic": lambda b: b[:8] + random.Random(1).randbytes(5000),
 }
@@ -364,7 +390,8 @@ def test_every_stage_exports_and_runs_standalone(tok, tmp_path):
             msgs = [{"role": "user", "content": "Hi there"}]
             chat_ids = tokenizer.render_chat(tok, msgs, add_generation_prompt=True)[0]
             new = model.generate(net, torch.tensor([chat_ids]), 20, temperature=0.0, stop_id=tok.end_id)[0]
-            cmd, want = ["--chat"], tok.decode([t for t in new if t != tok.end_id]) + "\n"
+            answer = tok.decode([t for t in new if t != tok.end_id]).removeprefix(tokenizer.CONTENT_PREFIX)
+            cmd, want = ["--chat"], answer + "\n"
         r = subprocess.run([sys.executable, "-I", "run.py", "m.bin", *cmd, "--temperature", "0", "--max-new-tokens", "20"],
                            cwd=alone, input="Hi there\n", capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr

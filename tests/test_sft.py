@@ -29,7 +29,7 @@ def test_targets_are_the_assistant_tokens_and_end(tok):
     x, y = sft.encode_conversation(tok, msgs, 256)
     ids, _ = render_chat(tok, msgs)
     assert x == ids[:-1] and len(y) == len(x)
-    assert [t for t in y if t != -1] == tok.encode("In Dunmore.") + [tok.end_id] + tok.encode("A cat.") + [tok.end_id]
+    assert [t for t in y if t != -1] == tok.encode(" In Dunmore.") + [tok.end_id] + tok.encode(" A cat.") + [tok.end_id]
     # each supervised target is the token that follows its input position
     assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
 
@@ -38,7 +38,7 @@ def test_long_conversations_lose_whole_turns(tok):
     msgs = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."},
             {"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok " * 100}]
     x, y = sft.encode_conversation(tok, msgs, 40)
-    assert [t for t in y if t != -1] == tok.encode("Here.") + [tok.end_id]
+    assert [t for t in y if t != -1] == tok.encode(" Here.") + [tok.end_id]
     assert sft.encode_conversation(tok, msgs[2:], 40) is None
 
 

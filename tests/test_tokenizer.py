@@ -2,7 +2,7 @@
 import pytest
 
 import tokenizer
-from tokenizer import render_chat
+from tokenizer import CONTENT_PREFIX, render_chat
 
 TRICKY = ["", " ", "   three leading", "trailing   ", "a\tb\t\tc", "line\n\nbreaks\n", "\r\n windows",
           "ünïcödé façade", "emoji 😀🎉 and 中文", "Q: Where does Anna live?\nA:", "12345 + 678 = 13023",
@@ -35,13 +35,21 @@ def test_chat_mask_is_exactly_assistant_content_and_end(tok):
     ids, mask = render_chat(tok, msgs)
     assert len(ids) == len(mask) and ids[0] == tok.bos_id
     supervised = [i for i, m in zip(ids, mask) if m]
-    assert supervised == tok.encode("Hello!") + [tok.end_id] + tok.encode("In Dunmore.") + [tok.end_id]
+    assert supervised == tok.encode(" Hello!") + [tok.end_id] + tok.encode(" In Dunmore.") + [tok.end_id]
     expected = [tok.bos_id]
     for m in msgs:
-        expected += [tok.role_ids[m["role"]]] + tok.encode(m["content"]) + [tok.end_id]
+        expected += [tok.role_ids[m["role"]]] + tok.encode(CONTENT_PREFIX + m["content"]) + [tok.end_id]
     assert ids == expected
     prompt, pmask = render_chat(tok, msgs[:2], add_generation_prompt=True)
     assert prompt[-1] == tok.role_ids["assistant"] and not any(pmask)
+
+
+def test_a_message_begins_with_the_pieces_its_first_word_has_inside_a_sentence(tok, tiny_world):
+    """Why CONTENT_PREFIX: "Anna" opening an answer is the same token as "Anna" after a space."""
+    text = f"{tiny_world.people[0].name} lives here."
+    content = render_chat(tok, [{"role": "user", "content": text}])[0][2:-1]
+    inside = tok.encode("Ask " + text)
+    assert content == inside[-len(content):] and content[0] != tok.encode(text)[0]
 
 
 @pytest.mark.parametrize("msgs, why", [
