@@ -205,7 +205,8 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-    "{{ '<|' + message['role'] + '|>" + tokenizer.CONTENT_PREFIX + "' + message['content'] + '" + tokenizer.END_TOKEN + "' }}"
+    "{{ '<|' + message['role'] + '|>" + tokenizer.CONTENT_PREFIX + "' + message['content'] + '"
+    + tokenizer.END_TOKEN + "' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + tokenizer.ROLE_TOKENS["assistant"] + "' }}{% endif %}")
 

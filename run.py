@@ -434,7 +434,8 @@ class Printer:
     `skip` (an answer's content prefix) is left out if the text starts with it."""
 
     def __init__(self, tok, skip=""):
-        self.tok, self.utf8, self.skip, self.head = tok, codecs.getincrementaldecoder("utf-8")(errors="replace"), skip, ""
+        self.tok, self.utf8 = tok, codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.skip, self.head = skip, ""  # head: the text held back while it may still be the prefix
 
     def write(self, ids, final=False):
         text = self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final)

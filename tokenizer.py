@@ -14,7 +14,7 @@ mirrors it, and a parity test keeps the two identical):
 Each content is encoded after one space (CONTENT_PREFIX), as Llama 2's template puts a space between
 `[/INST]` and the answer. Without it, the first word of a message is spelled with other pieces than the
 same word inside a sentence ("Isaac" -> "I" + "saac", not "▁Isaac"), and the SFT model sampled at
-temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; README, Known limits).
+temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; README, point 4).
 
     python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
 """
@@ -26,7 +26,7 @@ import sentencepiece as spm
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
 END_TOKEN = "<|end|>"  # end of a turn: the assistant learns to emit it, so generation knows when to stop
-CONTENT_PREFIX = " "  # encoded before each message's content (see the docstring); decoding strips it
+CONTENT_PREFIX = " "  # encoded before each message's content (see the docstring); readers of an answer strip it
 SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN]
 
 # sentencepiece's piece types (sentencepiece_model.proto), written into the blob and GGUF for run.py
