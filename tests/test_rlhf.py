@@ -1,7 +1,7 @@
-"""rlhf.py: the Bradley-Terry loss and accuracy, log-probs only on answer tokens, KL 0 against itself, the
-policy gradient raises a toy reward, PPO's clip stops tokens outside the trust region, the terminal labeler
-saves exactly what was chosen and continues where it stopped, bad comparison files are reported by line, and
-a tiny run writes and reuses what it should."""
+"""rlhf.py: the Bradley-Terry loss and accuracy, answers encoded as the chat template writes them, log-probs
+only on answer tokens, KL 0 against itself, the policy gradient raises a toy reward, PPO's clip stops tokens
+outside the trust region, the terminal labeler saves exactly what was chosen and continues where it stopped,
+bad comparison files are reported by line, and a tiny run writes and reuses what it should."""
 import io
 import json
 import os
@@ -12,6 +12,7 @@ import torch
 
 import rlhf
 from model import ModelArgs, Transformer, generate, save_checkpoint, token_logprobs
+from tokenizer import render_chat
 
 
 def tiny_model(vocab=600, seed=0):
@@ -116,6 +117,14 @@ def test_accuracy_by_kind_splits_pairs_by_correctness():
     assert by_kind == {"one right, one wrong": {"pairs": 2, "accuracy": 0.5, "labeler_ceiling": 0.95},
                        "both wrong": {"pairs": 2, "accuracy": 0.5, "labeler_ceiling": 0.75},
                        "both right": {"pairs": 1, "accuracy": 0.5, "labeler_ceiling": 0.6}}
+
+
+def test_prompt_and_answer_ids_are_the_chat_template_of_one_turn(tok):
+    """The RM and the policy score an answer as SFT saw it: prompt_ids + answer_ids is render_chat's turn."""
+    question, answer = "Where does Anna live?", "Anna lives in Dunmore."
+    turn = render_chat(tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])[0]
+    assert rlhf.prompt_ids(tok, question) + rlhf.answer_ids(tok, answer, ended=True) == turn
+    assert rlhf.answer_ids(tok, answer, ended=False) == turn[len(rlhf.prompt_ids(tok, question)):-1]
 
 
 def test_logprobs_only_on_answer_tokens():
