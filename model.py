@@ -335,13 +335,20 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or from the wrong stage; the message is one readable line."""
 
 
+# The chat format the chat stages (sft, rlhf, rm) are trained in, written into every checkpoint. 2: each
+# message's content after tokenizer.CONTENT_PREFIX (from commit 0fe8a7d); 1 (no key): before it. A model
+# trained in another format would be fed prompts it never saw, and answer worse without any error.
+CHAT_FORMAT = 2
+CHAT_STAGES = ("sft", "rlhf", "rm")
+
+
 def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **extra):
     """Write {model_args, model, optimizer, step, stage, args, ...} to a temp file, then rename it over
     `path`: a kill at any moment leaves either the old checkpoint or the new one, never half of one."""
     model = unwrap(model)
     ckpt = {"model_args": asdict(model.args), "model": model.state_dict(), "stage": stage, "step": step,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "args": dict(args) if args is not None else {}, **extra}
+            "args": dict(args) if args is not None else {}, "chat_format": CHAT_FORMAT, **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(ckpt, tmp)
@@ -362,6 +369,9 @@ def load_checkpoint(path, device="cpu", stages=None):
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if stages is not None and ckpt.get("stage") not in stages:
         raise CheckpointError(f"{path} is a '{ckpt.get('stage')}' checkpoint; expected {' or '.join(stages)}")
+    if ckpt.get("stage") in CHAT_STAGES and ckpt.get("chat_format", 1) != CHAT_FORMAT:
+        raise CheckpointError(f"{path} was trained in chat format {ckpt.get('chat_format', 1)} and this code "
+                              f"speaks format {CHAT_FORMAT} (see model.CHAT_FORMAT): re-run sft.py, then rlhf.py")
     return model.to(device), ckpt
 
 

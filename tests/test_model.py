@@ -135,3 +135,18 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         model.load_checkpoint(str(path))
     with pytest.raises(model.CheckpointError, match="no checkpoint"):
         model.load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("stage, refused", [("sft", True), ("rlhf", True), ("rm", True), ("base", False)])
+def test_a_chat_checkpoint_from_the_old_chat_format_is_refused(tmp_path, stage, refused):
+    """A checkpoint without chat_format predates tokenizer.CONTENT_PREFIX; pretraining knows no chat."""
+    path = str(tmp_path / "old.pt")
+    model.save_checkpoint(path, tiny(), stage)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["chat_format"]
+    torch.save(ckpt, path)
+    if refused:
+        with pytest.raises(model.CheckpointError, match="chat format 1 .* re-run sft.py"):
+            model.load_checkpoint(path)
+    else:
+        assert model.load_checkpoint(path)[1]["stage"] == "base"
