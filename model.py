@@ -335,11 +335,12 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or from the wrong stage; the message is one readable line."""
 
 
-# The chat format the chat stages (sft, rlhf, rm) are trained in, written into every checkpoint. 2: each
-# message's content after tokenizer.CONTENT_PREFIX (from commit 0fe8a7d); 1 (no key): before it. A model
-# trained in another format would be fed prompts it never saw, and answer worse without any error.
+# The chat format the chat stages are trained in, written into every checkpoint. 2: each message's content
+# after tokenizer.CONTENT_PREFIX (from commit 0fe8a7d); 1 (no key): before it. A model trained in another
+# format would be fed prompts it never saw, and answer worse without any error. (An old rm.pt needs no
+# check: rlhf.py retrains it anyway, as its key holds the hash of the SFT model it came from.)
 CHAT_FORMAT = 2
-CHAT_STAGES = ("sft", "rlhf", "rm")
+CHAT_STAGES = ("sft", "rlhf")
 
 
 def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **extra):

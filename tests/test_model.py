@@ -137,7 +137,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         model.load_checkpoint(str(tmp_path / "missing.pt"))
 
 
-@pytest.mark.parametrize("stage, refused", [("sft", True), ("rlhf", True), ("rm", True), ("base", False)])
+@pytest.mark.parametrize("stage, refused", [("sft", True), ("rlhf", True), ("base", False)])
 def test_a_chat_checkpoint_from_the_old_chat_format_is_refused(tmp_path, stage, refused):
     """A checkpoint without chat_format predates tokenizer.CONTENT_PREFIX; pretraining knows no chat."""
     path = str(tmp_path / "old.pt")
