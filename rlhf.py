@@ -80,7 +80,7 @@ import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, load_checkpoint,
                    mean_logprob, save_checkpoint, token_logprobs)
-from tokenizer import CONTENT_PREFIX, Tokenizer, render_chat
+from tokenizer import Tokenizer, encode_content, render_chat
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -91,8 +91,8 @@ def prompt_ids(tok, question):
 
 
 def answer_ids(tok, text, ended):
-    """An answer's ids as render_chat writes an assistant turn (after CONTENT_PREFIX), <|end|> if it ended."""
-    return tok.encode(CONTENT_PREFIX + text) + ([tok.end_id] if ended else [])
+    """An answer's ids as render_chat writes an assistant turn, <|end|> if it ended."""
+    return encode_content(tok, text) + ([tok.end_id] if ended else [])
 
 
 def pad_batch(prompts, answers, device):

@@ -122,6 +122,11 @@ def check_messages(messages):
                              f"turn {i} is {m['role']!r}, expected {expected!r}")
 
 
+def encode_content(tok, text):
+    """A message's content as the chat template encodes it: after CONTENT_PREFIX."""
+    return tok.encode(CONTENT_PREFIX + text)
+
+
 def render_chat(tok, messages, add_generation_prompt=False):
     """The chat template: messages -> (ids, mask). mask[i] = 1 exactly on the tokens the assistant must learn
     to produce: its content and the <|end|> that closes its turn. With add_generation_prompt, the ids end
@@ -129,7 +134,7 @@ def render_chat(tok, messages, add_generation_prompt=False):
     check_messages(messages)
     ids, mask = [tok.bos_id], [0]
     for m in messages:
-        content = tok.encode(CONTENT_PREFIX + m["content"])
+        content = encode_content(tok, m["content"])
         learn = int(m["role"] == "assistant")
         ids += [tok.role_ids[m["role"]], *content, tok.end_id]
         mask += [0] + [learn] * (len(content) + 1)
