@@ -109,7 +109,8 @@ def check_header(h, file_size, data_start):
              f"unexpected tensor entry {str(e)[:80]}")
         name = e["name"]
         need(e.get("dtype") == "float16", f"{name} has dtype {e.get('dtype')!r}; this run.py reads float16")
-        need(e.get("shape") == shapes[name], f"{name} has shape {e.get('shape')}, expected {shapes[name]}")
+        need(e.get("shape") == shapes[name] and all(is_int(d) for d in e["shape"]),  # 1024.0 == 1024 in Python
+             f"{name} has shape {e.get('shape')}, expected {shapes[name]}")
         need(is_int(e.get("offset"), data_start) and e["offset"] % ALIGN == 0,
              f"{name} has a bad offset {e.get('offset')!r}")
         end = e["offset"] + 2 * math.prod(shapes[name])  # Python ints: no overflow on absurd shapes
@@ -154,7 +155,7 @@ def load_blob(path):
                                       f"the file has {size}")
         try:
             header = json.loads(f.read(header_len).decode("utf-8"))
-        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        except (ValueError, RecursionError) as e:  # Unicode/JSONDecodeError are ValueErrors; "[[[[..." recurses
             raise BlobError(f"{path} has a corrupt header ({str(e)[:100]})") from None
         try:
             check_header(header, size, 16 + header_len)
@@ -395,7 +396,8 @@ def sample_next(logits, temperature, top_k, top_p, rng):
     and/or the nucleus: the smallest set of most likely tokens whose probability reaches top_p."""
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.astype(np.float64) / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature sends all but the top logit to -inf: greedy, as it should
+        logits = (logits.astype(np.float64) - logits.max()) / temperature
     if top_k and top_k < len(logits):
         logits[logits < np.partition(logits, -top_k)[-top_k]] = -np.inf
     probs = softmax(logits)
@@ -456,9 +458,9 @@ def complete(model, tok, prompt, args, sample, stats):
     ids = [tok.bos_id] + tok.encode(prompt)
     ctx = model.a["max_seq_len"]
     if len(ids) >= ctx:  # keep BOS and the prompt's end, leaving half the context to write in
-        print(f"note: the prompt is {len(ids)} tokens and the context {ctx}: keeping its last {ctx // 2}",
-              file=sys.stderr)
-        ids = [tok.bos_id] + ids[-(ctx // 2):]
+        keep = ctx // 2
+        print(f"note: the prompt is {len(ids)} tokens and the context {ctx}: keeping its last {keep}", file=sys.stderr)
+        ids = [tok.bos_id] + ids[len(ids) - keep:]  # not ids[-keep:]: that is all of them when keep is 0
     out = Printer(tok)
     out.write(ids[1:])
     for t in stats.timed(generate(model, ids, 0, args.max_new_tokens, sample, tok.eos_id)):
@@ -484,6 +486,9 @@ def chat(model, tok, args, sample, stats):
     Returns the conversation."""
     ctx, interactive = model.a["max_seq_len"], args.prompt is None and sys.stdin.isatty()
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    if messages and len(render_chat(tok, messages, add_generation_prompt=True)) >= ctx // 2:
+        sys.exit(f"error: the --system message is too long for the model's context of {ctx} tokens: "
+                 f"it must leave room for a question and an answer")
     cached = []  # the ids whose keys and values are in the cache
     turns = iter([args.prompt] if args.prompt is not None else iter(sys.stdin.readline, ""))
     while True:
@@ -556,7 +561,8 @@ def bench(model, tok, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    # allow_abbrev=False: threads_from_argv must see --threads spelled out before argparse runs
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="the blob written by export.py (e.g. out/model.bin)")
     parser.add_argument("prompt", nargs="?", default=None,
@@ -578,12 +584,15 @@ def main():
     parser.add_argument("--bench", action="store_true", help="time a fixed greedy generation and print tokens/s")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"BLAS threads (default {DEFAULT_THREADS}, unless OPENBLAS_NUM_THREADS is set)")
-    args = parser.parse_args()
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1 or args.threads < 1:
+    args = parser.parse_intermixed_args()  # options may come between the model and the prompt
+    if not 0 <= args.temperature < math.inf or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1 or args.threads < 1:
         parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1, --threads >= 1")
     for stream in (sys.stdout, sys.stdin):  # never die on a character the terminal cannot show or send
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
+    # bytes in argv that are not UTF-8 arrive as surrogates (PEP 383), which cannot be encoded: replace them
+    args.prompt, args.system = [None if s is None else s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                                for s in (args.prompt, args.system)]
 
     try:
         header, weights, release = load_blob(args.model)

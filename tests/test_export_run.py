@@ -142,6 +142,7 @@ def test_sampling_filters_and_seed():
     nucleus = set(order[:np.searchsorted(np.cumsum(probs[order]), 0.9) + 1].tolist())
     got = {run.sample_next(big, 1.0, 0, 0.9, rng) for _ in range(3000)}
     assert got <= nucleus and len(got) > len(nucleus) // 2
+    assert {run.sample_next(big, 1e-310, 0, 0.9, rng) for _ in range(5)} == {int(big.argmax())}  # ~greedy, no nan
     a = [run.sample_next(big, 0.8, 0, 0.9, np.random.default_rng(7)) for _ in range(3)]
     assert a == [run.sample_next(big, 0.8, 0, 0.9, np.random.default_rng(7)) for _ in range(3)]
 
@@ -252,11 +253,33 @@ def test_chat_longer_than_the_context_drops_old_turns_never_crashes(pair, tok, m
     assert messages[-2]["content"] == "and who is Clara?" and len(rec.seq) <= 48
 
 
+def test_command_line_options_anywhere_and_odd_input(pair, capsys):
+    path = str(pair[3])
+    call_main(run, [path, "Anna lives in", "--temperature", "0", "--max-new-tokens", "8"])
+    want = capsys.readouterr().out
+    call_main(run, [path, "--temperature", "0", "Anna lives in", "--max-new-tokens", "8"])  # option before the prompt
+    assert capsys.readouterr().out == want and want.startswith("Anna lives in")
+    call_main(run, [path, "\udcff\udcfe Anna", "--temperature", "0", "--max-new-tokens", "2"])  # argv not UTF-8
+    assert capsys.readouterr().out.startswith("\ufffd\ufffd Anna")
+    for argv in (["--temperature", "nan"], ["--temperature", "inf"], ["--thread", "1"]):
+        with pytest.raises(SystemExit) as e:
+            call_main(run, [path, "hi", *argv])
+        assert e.value.code == 2  # argparse's one usage line
+    with pytest.raises(SystemExit) as e:
+        call_main(run, [path, "--chat", "hi", "--system", "a long system message " * 40])
+    assert "--system message is too long" in str(e.value.code)
+
+
 def test_completion_of_a_prompt_longer_than_the_context(pair, monkeypatch, capsys):
     _, rt, rtok, _ = pair
     run.complete(rt, rtok, "Anna lives in Dunmore. " * 80, argparse_defaults(max_new_tokens=5),
                  lambda logits: int(logits.argmax()), run.Stats())
     assert "keeping its last" in capsys.readouterr().err
+    monkeypatch.setattr(rt, "a", {**rt.a, "max_seq_len": 1})  # no room: the prompt is cut to BOS, nothing follows
+    run.complete(rt, rtok, "Anna lives in Dunmore.", argparse_defaults(max_new_tokens=5),
+                 lambda logits: int(logits.argmax()), run.Stats())
+    out = capsys.readouterr()
+    assert "keeping its last 0" in out.err and out.out == "\n"
 
 
 # -- damaged and foreign files ---------------------------------------------------------------------------
@@ -321,6 +344,8 @@ CORRUPTIONS = {
     "bos out of range": lambda b: rewrite(b, edit(["tokenizer", "bos_id"], 10**6)),
     "no role ids": lambda b: rewrite(b, edit(["chat", "role_ids"], None)),
     "content prefix not a string": lambda b: rewrite(b, edit(["chat", "content_prefix"], 1)),
+    "float in a shape": lambda b: rewrite(b, lambda h: h["tensors"][0].update(shape=[float(d) for d in h["tensors"][0]["shape"]])),
+    "deeply nested header": lambda b: b[:12] + struct.pack("<I", 30000) + b"[" * 30000 + b[16 + 30000:],
     "random bytes": lambda b: random.Random(0).randbytes(5000),
     "random after magic": lambda b: b[:8] + random.Random(1).randbytes(5000),
 }
