@@ -188,12 +188,14 @@ def update_report(out_dir, stage, metrics, markdown):
     os.makedirs(out_dir, exist_ok=True)
     report = read_report(out_dir)
     report[stage] = metrics
-    _atomic_write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1) + "\n")
+    with atomic_open(os.path.join(out_dir, "report.json")) as f:
+        f.write(json.dumps(report, indent=1) + "\n")
     sections = _read_sections(os.path.join(out_dir, "report.md"))
     sections[stage] = markdown.strip()
     order = sorted(sections, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
     text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
-    _atomic_write(os.path.join(out_dir, "report.md"), text + "\n")
+    with atomic_open(os.path.join(out_dir, "report.md")) as f:
+        f.write(text + "\n")
 
 
 def _read_sections(md_path):
@@ -218,11 +220,19 @@ def read_report(out_dir):
         return json.load(f)
 
 
-def _atomic_write(path, text):
+@contextlib.contextmanager
+def atomic_open(path, mode="w", **kw):
+    """open(path, mode) for writing, through a temp file beside it that replaces path only when the block
+    ends without an error: a crash, Ctrl-C or full disk mid-write leaves the old file whole, and no temp
+    file behind (a kill -9 can leave one, never a half-written path)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **kw) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def md_table(header, rows):

@@ -59,6 +59,17 @@ def default_checkpoint(out_dir="out"):
                                 "train one with train.py, or pass --ckpt")
 
 
+def check_out_path(out, inputs):
+    """Refuse an output path whose replacement would destroy something: a directory, a device or other
+    special file, one of the export's inputs, or a checkpoint or tokenizer (an easy slip: --out for --ckpt)."""
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory: name a file in it, e.g. {os.path.join(out, 'model.bin')}")
+    if os.path.lexists(out) and not os.path.isfile(out):
+        raise ValueError(f"--out {out} exists and is not a regular file")
+    if any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs) or out.endswith((".pt", ".model")):
+        raise ValueError(f"--out {out} would overwrite a checkpoint or tokenizer; write to a new name, e.g. model.bin")
+
+
 def load(ckpt_path, tok_path):
     """(model, stage, step, tokenizer) of a generating checkpoint, with its tokenizer checked against it."""
     net, ckpt = model.load_checkpoint(ckpt_path)
@@ -119,14 +130,12 @@ def write_blob(path, net, stage, step, tok):
         if start == data_start:
             break
         data_start = start
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with common.atomic_open(path, "wb") as f:  # a failure mid-write never leaves a half blob under the final name
         f.write(MAGIC + struct.pack("<II", VERSION, len(header)) + header)
         for entry, (_, a) in zip(json.loads(header)["tensors"], tensors):
             f.write(b"\0" * (entry["offset"] - f.tell()))
             f.write(a.astype("<f2").tobytes())
         f.write(b"\0" * (-f.tell() % ALIGN))
-    os.replace(tmp, path)  # a kill mid-write never leaves a half blob under the final name
 
 
 def llama2c_order(tok):
@@ -164,7 +173,7 @@ def write_llama2c(path, tok_path, net, tok):
     if not a.tie_embeddings:
         arrays.append(sd["output.weight"][perm])
     vocab = a.vocab_size if a.tie_embeddings else -a.vocab_size
-    with open(path, "wb") as f:
+    with common.atomic_open(path, "wb") as f:
         f.write(struct.pack("<7i", a.dim, a.hidden_dim, a.n_layers, a.n_heads, a.n_kv_heads, vocab, a.max_seq_len))
         for arr in arrays:
             f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
@@ -173,7 +182,7 @@ def write_llama2c(path, tok_path, net, tok):
     pieces = tok.pieces()
     names = {tok.bos_id: "\n<s>\n", tok.eos_id: "\n</s>\n"}
     encoded = [(names.get(i, pieces[i][0].replace("\u2581", " ")).encode(), pieces[i][1]) for i in perm]
-    with open(tok_path, "wb") as f:
+    with common.atomic_open(tok_path, "wb") as f:
         f.write(struct.pack("<i", max(len(b) for b, _ in encoded)))
         for b, score in encoded:
             f.write(struct.pack("<fi", score, len(b)) + b)
@@ -290,14 +299,12 @@ def write_gguf(path, net, stage, tok):
         head += [gguf_value(STRING, name), struct.pack(f"<I{len(dims)}Q", len(dims), *dims),
                  struct.pack("<IQ", GGML_F16 if a.dtype == np.float16 else GGML_F32, offset)]
         offset += -(-a.nbytes // GGUF_ALIGN) * GGUF_ALIGN
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with common.atomic_open(path, "wb") as f:
         f.write(b"".join(head))
         f.write(b"\0" * (-f.tell() % GGUF_ALIGN))
         for _, a in tensors:
             f.write(a.tobytes())
             f.write(b"\0" * (-a.nbytes % GGUF_ALIGN))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -355,6 +362,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     started = time.time()
+    written = "the output"  # named in a write error once known
     try:
         ckpt = args.ckpt or default_checkpoint()
         tok_path = args.tokenizer or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "tok.model")
@@ -362,6 +370,9 @@ def main(argv=None):
         default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]
         out = args.out or os.path.join("out", default_name)
         out_dir = os.path.dirname(os.path.abspath(out))
+        tok_out = os.path.join(out_dir, "tokenizer.bin")  # llama2c's second file
+        for path in [out] + [tok_out] * (args.format == "llama2c"):
+            check_out_path(path, [ckpt, tok_path])
         os.makedirs(out_dir, exist_ok=True)
         written = out
         if args.format == "blob":
@@ -369,11 +380,12 @@ def main(argv=None):
         elif args.format == "gguf":
             write_gguf(out, net, stage, tok)
         else:
-            tok_out = os.path.join(out_dir, "tokenizer.bin")
             write_llama2c(out, tok_out, net, tok)
             written = f"{out} and {tok_out}"
-    except (model.CheckpointError, ValueError, OSError) as e:
+    except (model.CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # a write error (full disk, size limit) names no file: say which one
+        sys.exit(f"error: {e}" if e.filename else f"error: cannot write {written}: {e.strerror or e}")
     size = os.path.getsize(out)
     print(f"exported {ckpt} (stage {stage}, step {step}, {net.num_params() / 1e6:.2f}M parameters) "
           f"to {written} ({size / 1e6:.1f} MB, {args.format})")

@@ -214,11 +214,9 @@ def read_comparisons(path):
 
 
 def write_comparisons(path, records):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with common.atomic_open(path, encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps({k: v for k, v in r.items() if k != "line"}) + "\n")
-    os.replace(tmp, path)
 
 
 def is_heldout(prompt, fraction):
@@ -818,9 +816,8 @@ def main(argv=None):
             best.update(step=step, spot=spot)
             save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot)
         save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best)
-        with open(curve_path + ".tmp", "w") as f:
+        with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(curve_path + ".tmp", curve_path)
 
     log(f"RL: {args.steps} steps x {args.prompts_per_step} prompts x {args.samples} answers | kl-coef {args.kl_coef} "
         f"| lr {args.lr} | {'REINFORCE' if args.ppo_epochs == 1 else f'PPO-clip, {args.ppo_epochs} epochs'}")

@@ -64,7 +64,10 @@ class Tokenizer:
     def __init__(self, model_file):
         if not os.path.isfile(model_file):
             raise ValueError(f"no tokenizer model at {model_file}")
-        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        except (RuntimeError, OSError) as e:  # e.g. tok.vocab passed for tok.model
+            raise ValueError(f"{model_file} is not a sentencepiece model ({str(e).splitlines()[0][:100]})") from None
         self.model_file = model_file
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
@@ -147,7 +150,10 @@ def render_chat(tok, messages, add_generation_prompt=False):
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: python tokenizer.py TOKENIZER.model TEXT")
-    tok = Tokenizer(sys.argv[1])
+    try:
+        tok = Tokenizer(sys.argv[1])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     ids = tok.encode(sys.argv[2])
     print(ids)
     print([tok.sp.id_to_piece(i) for i in ids])

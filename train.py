@@ -87,14 +87,12 @@ def tokenize_to_file(tok, docs, path):
     if tok.vocab_size > 2**16:
         raise ValueError(f"vocab size {tok.vocab_size} does not fit uint16 token files")
     n = 0
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with common.atomic_open(path, "wb") as f:
         for s in range(0, len(docs), 4096):
             ids = tok.encode_batch(docs[s:s + 4096])
             flat = np.fromiter((t for d in ids for t in (tok.bos_id, *d, tok.eos_id)), dtype=np.uint16)
             f.write(flat.tobytes())
             n += len(flat)
-    os.replace(tmp, path)
     return n
 
 

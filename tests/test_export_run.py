@@ -442,11 +442,33 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
         with pytest.raises(SystemExit) as e:
             call_main(export, argv)
         assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
+    Path("out/notes.txt").write_text("not a tokenizer")
+    before = Path("out/base.pt").read_bytes()
+    for argv, words in [(["--out", "out/base.pt"], "would overwrite"), (["--out", "out"], "is a directory"),
+                        (["--tokenizer", "out/notes.txt"], "not a sentencepiece model"),
+                        (["--format", "llama2c", "--out", "out/tok.model"], "would overwrite")]:
+        with pytest.raises(SystemExit) as e:
+            call_main(export, ["--ckpt", "out/base.pt", *argv])
+        assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
+    assert Path("out/base.pt").read_bytes() == before
     other = tiny_model(tok.vocab_size + 1)
     model.save_checkpoint("out/other.pt", other, stage="base")
     with pytest.raises(SystemExit) as e:
         call_main(export, ["--ckpt", "out/other.pt"])
     assert "vocab" in str(e.value.code)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(OSError):
+        with common.atomic_open(str(path), "wb") as f:
+            f.write(b"half of the new")
+            raise OSError(28, "No space left on device")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+    with common.atomic_open(str(path), "wb") as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["model.bin"]
 
 
 # -- the runtime section of the report card ---------------------------------------------------------------
