@@ -10,6 +10,7 @@ import ctypes
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -37,7 +38,19 @@ def keep_freed_memory():
 
 
 def pick_device(name):
+    """The device to run on; ValueError for one this machine does not have (before any work is done)."""
     if name != "auto":
+        try:
+            kind, index = torch.device(name).type, torch.device(name).index
+        except RuntimeError:
+            raise ValueError(f"--device {name}: not a device (cpu, cuda, cuda:1, mps or auto)") from None
+        if kind == "cuda" and (not torch.cuda.is_available() or (index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"--device {name}: this machine's PyTorch sees {torch.cuda.device_count()} CUDA "
+                             f"device(s){'' if torch.cuda.is_available() else ' (a CPU-only build, or no driver)'}")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {name}: MPS is not available here")
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"--device {name}: twofiles runs on cpu, cuda or mps")
         return name
     if torch.cuda.is_available():
         return "cuda"
@@ -52,8 +65,11 @@ def add_system_args(p, dtype=True):
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run "
                    "shares the machine)")
     if dtype:
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="autocast precision on GPU (auto: bfloat16 on CUDA, float32 elsewhere)")
+        # no float16: it needs loss scaling (a GradScaler) to keep small gradients from underflowing, which
+        # the loops do not do; bfloat16 has float32's exponent range and needs none
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                       help="autocast precision on CUDA (auto: bfloat16 on CUDA, float32 elsewhere; CPU and MPS "
+                            "always train in float32)")
 
 
 def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=()):
@@ -79,16 +95,21 @@ def start(args):
     keep_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        fail(e)
     dtype = getattr(args, "dtype", "float32")
-    if dtype == "auto":
+    if dtype == "bfloat16" and not device.startswith("cuda"):
+        print(f"note: --dtype bfloat16 autocasts on CUDA only; on {device} this run trains in float32", file=sys.stderr)
+    if dtype == "auto" or not device.startswith("cuda"):
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     return device, dtype
 
 
 def autocast(device, dtype):
     """bf16/fp16 autocast on GPUs (matmuls in half precision, weights and optimizer state in fp32);
-    plain fp32 elsewhere. dtype is 'float32', 'bfloat16' or 'float16'."""
+    plain fp32 elsewhere. dtype is 'float32' or 'bfloat16'."""
     if dtype == "float32" or not device.startswith("cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
@@ -126,6 +147,14 @@ class Dist:
         dist.all_reduce(t)
         return t.item() / self.world_size
 
+    def any(self, flag):
+        """True on every process if `flag` is true on any: all stop at the same step, none left waiting."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return t.item() > 0
+
     def close(self, interrupted=False):
         """Leave the process group, together: a rank that tore gloo down while the master was still saving the
         last checkpoint died of std::terminate in 7 of 23 runs here. After Ctrl-C the ranks may stand anywhere,
@@ -134,6 +163,30 @@ class Dist:
             if not interrupted:
                 dist.barrier()
             dist.destroy_process_group()
+
+
+class GracefulStop:
+    """Ctrl-C as a request: inside `with GracefulStop() as stop:` the first SIGINT only sets stop.requested,
+    and the training loop stops at its next step boundary and saves there. A KeyboardInterrupt raised wherever
+    the loop stood could land inside optimizer.step() (half the weights updated) or after a step was counted,
+    so the checkpoint did not resume exactly. A second Ctrl-C interrupts at once: the block ends with
+    stop.aborted set, and the caller saves nothing."""
+
+    def __enter__(self):
+        self.requested = self.aborted = False
+        self.previous = signal.signal(signal.SIGINT, self.request)
+        return self
+
+    def request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+        print("\nCtrl-C: stopping after this step to save it (Ctrl-C again: quit without saving)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, kind, value, traceback):
+        signal.signal(signal.SIGINT, self.previous)
+        self.aborted = kind is KeyboardInterrupt
+        return self.aborted  # the KeyboardInterrupt ends here
 
 
 def get_batch(data, batch_size, seq_len, generator):
@@ -168,6 +221,17 @@ def step_line(step, max_steps, loss, lr, dt, tokens, extra=""):
 def fail(message):
     """The one way a script stops on bad input: one readable line on stderr, exit status 1."""
     sys.exit(f"error: {message}")
+
+
+def run_main(main):
+    """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
+    line and exit status 130, not a traceback. Every file is written through atomic_open or a temp file and a
+    rename, so what exists on disk is whole."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the files already written are whole; the work under way was dropped", file=sys.stderr)
+        sys.exit(130)
 
 
 class Timer:

@@ -828,8 +828,8 @@ def main(argv=None):
         save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot)
     buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
     t_rl, t_last = common.Timer(), common.Timer()
-    try:
-        while step < args.steps:
+    with common.GracefulStop() as stop:
+        while step < args.steps and not stop.requested:
             lr = args.lr * min(1.0, (step + 1) / 10)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -878,11 +878,12 @@ def main(argv=None):
             if step % args.sample_interval == 0:
                 for it, (_, t, e) in list(zip([it for it in items for _ in range(args.samples)], batch["answers"]))[:4:2]:
                     log(f"  sample | {it['question']} -> {t!r}{'' if e else ' [not ended]'}")
-    except KeyboardInterrupt:
-        optimizer.zero_grad(set_to_none=True)
-        rows = [r for r in rows if r["step"] <= step]
+    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoints stay as they were
+        log(f"stopped without saving: {last_path} holds the last checkpoint")
+        sys.exit(130)
+    if step < args.steps:  # Ctrl-C: stopped between two steps
         checkpoint(None)
-        log(f"\nstopped at step {step}: saved {last_path}; continue with --resume{' --tag ' + args.tag if args.tag else ''}")
+        log(f"stopped at step {step}: saved {last_path}; continue with --resume{' --tag ' + args.tag if args.tag else ''}")
         sys.exit(130)
     rl_s = t_rl()
     if not rows:
@@ -1007,4 +1008,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

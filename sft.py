@@ -244,8 +244,8 @@ def main(argv=None):
         return [train[i] for i in rows[ddp.rank::ddp.world_size]]
 
     step, t_last = start_step, common.Timer()
-    try:
-        while step < max_steps:
+    with common.GracefulStop() as stop:
+        while step < max_steps and not ddp.any(stop.requested):
             lr = common.linear_lr(step, max_steps, args.lr, args.warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -275,11 +275,14 @@ def main(argv=None):
                 if master and val:
                     log(f"step {step}: val loss {eval_loss(model, val, args.batch_size, device):.3f}", flush=True)
                 save(step)
-    except KeyboardInterrupt:
-        optimizer.zero_grad(set_to_none=True)
-        save(step)
-        log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
+    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoint stays as it was
+        log(f"stopped without saving: {ckpt_path} holds the last checkpoint")
         ddp.close(interrupted=True)
+        sys.exit(130)
+    if step < max_steps:  # a Ctrl-C on any process stopped all of them here, between two steps
+        save(step)
+        log(f"stopped at step {step}: saved {ckpt_path}; continue with --resume")
+        ddp.close()
         sys.exit(130)
     train_s = timer()
     ddp.close()
@@ -317,4 +320,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

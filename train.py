@@ -16,6 +16,7 @@ Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, ou
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 
@@ -44,6 +45,13 @@ PRESETS = {
 # ----------------------------------------------------------------------------------------------------------
 # data
 
+def data_files_stamp(path):
+    """(name, size, mtime) of every file under --data: prepared data is reused only for unchanged files."""
+    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
+    return [[os.path.relpath(f, path) if f != path else "", os.path.getsize(f), int(os.path.getmtime(f))]
+            for f in files if os.path.isfile(f)]
+
+
 def read_documents(path):
     """Documents from a text file, a directory of them, TinyStories json shards (a list of {"story": ...}),
     jsonl ({"text"} or {"story"} per line), or TinyStories txt (stories separated by <|endoftext|>)."""
@@ -63,9 +71,12 @@ def read_documents(path):
         if f.endswith(".json"):
             try:
                 rows = json.loads(text)
-                docs += [r["story"] if isinstance(r, dict) else str(r) for r in rows]
+                if not isinstance(rows, list):
+                    raise TypeError("not a list")
+                docs += [r if isinstance(r, str) else r["text"] if "text" in r else r["story"] for r in rows]
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{f}: expected a JSON list of {{\"story\": ...}} ({type(e).__name__})") from None
+                raise ValueError(f"{f}: expected a JSON list of {{\"story\": ...}} or {{\"text\": ...}} "
+                                 f"({type(e).__name__})") from None
         elif f.endswith(".jsonl"):
             for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
@@ -101,17 +112,20 @@ def prepare_data(args, log):
     was already prepared (then reuse them: resuming must see the same tokens)."""
     meta_path = os.path.join(args.out_dir, "data.json")
     source = {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
-              "world_people": args.world_people, "world_seed": args.world_seed}
+              "world_people": args.world_people, "world_seed": args.world_seed,
+              "files": data_files_stamp(args.data) if args.data else None}
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta.get("source") == source and all(os.path.exists(os.path.join(args.out_dir, x))
-                                                for x in ("tok.model", "train.bin", "val.bin")):
+        recorded = {"files": source["files"], **meta.get("source", {})}  # data.json from before file stamps
+        if recorded == source and all(os.path.exists(os.path.join(args.out_dir, x))
+                                     for x in ("tok.model", "train.bin", "val.bin")):
             log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
                 f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
             return meta
         if args.resume:
             raise ValueError(f"--resume with different data or vocab than {meta_path} records")
+        os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
     if args.data:
         docs = read_documents(args.data)
         if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break
@@ -129,7 +143,7 @@ def prepare_data(args, log):
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size,
             "train_tokens": tokenize_to_file(tok, train_docs, os.path.join(args.out_dir, "train.bin")),
             "val_tokens": tokenize_to_file(tok, val_docs, os.path.join(args.out_dir, "val.bin"))}
-    with open(meta_path, "w") as f:
+    with common.atomic_open(meta_path) as f:  # written last: it vouches for tok.model, train.bin and val.bin
         json.dump(meta, f, indent=1)
     log(f"data: {meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens")
     return meta
@@ -338,9 +352,8 @@ def main(argv=None):
     # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process
     # takes every world_size-th micro-batch, DDP averages the gradients (so N processes = 1 process)
     step, val_loss, t_last = start_step, None, common.Timer()
-    try:
-        while step < args.max_steps:
-            batch_state = batch_gen.get_state()  # for a Ctrl-C save: this step's batch is drawn again
+    with common.GracefulStop() as stop:
+        while step < args.max_steps and not ddp.any(stop.requested):
             lr = common.lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -355,6 +368,10 @@ def main(argv=None):
                     loss = lm_loss(train_model(x[rows].to(device)), y[rows].to(device)) / micro_per_rank
                 loss.backward()
                 loss_sum += loss.item()
+            if ddp.any(not math.isfinite(loss_sum)):  # diverged: stop before the nan reaches the weights
+                ddp.close(interrupted=True)
+                common.fail(f"the loss is {loss_sum} at step {step + 1}: training diverged (try a lower --lr); "
+                            f"{ckpt_path} keeps the last checkpoint saved before it")
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
@@ -373,13 +390,18 @@ def main(argv=None):
                     val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, args.eval_batches,
                                              device, ctx)
                     log(f"step {step}: val loss {val_loss:.3f}", flush=True)
-                save(step)
-    except KeyboardInterrupt:
-        optimizer.zero_grad(set_to_none=True)
-        batch_gen.set_state(batch_state)
-        save(step)
-        log(f"\nstopped at step {step}: saved {ckpt_path}; continue with --resume")
+                if master and not math.isfinite(val_loss):  # never write nan weights over a good checkpoint
+                    log(f"step {step}: not saved, the val loss is {val_loss}")
+                else:
+                    save(step)
+    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoint stays as it was
+        log(f"stopped without saving: {ckpt_path} holds the last checkpoint")
         ddp.close(interrupted=True)
+        sys.exit(130)
+    if step < args.max_steps:  # a Ctrl-C on any process stopped all of them here, between two steps
+        save(step)
+        log(f"stopped at step {step}: saved {ckpt_path}; continue with --resume")
+        ddp.close()
         sys.exit(130)
     train_s = timer()
     ddp.close()
@@ -418,4 +440,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -37,29 +38,60 @@ def test_loss_falls_and_report_is_written(tmp_path, capsys):
     assert "## Pretraining" in open(tmp_path / "report.md").read()
 
 
-def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("at_call", [4, 7])  # Ctrl-C during the val loss after step 3, or while drawing step 5's batch
+def test_resume_after_ctrl_c_is_exact(tmp_path, monkeypatch, at_call):
+    flags = ["--max-steps", "6", "--eval-interval", "3", "--exam-items", "0", "--dropout", "0.1"]  # dropout: RNG too
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    run(full, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0")
+    run(full, *flags)
     os.makedirs(stopped)
     for f in ("data.json", "tok.model", "train.bin", "val.bin"):  # same prepared data for both runs
         shutil.copy(full / f, stopped / f)
     real_get_batch, calls = common.get_batch, []
 
-    def interrupted(*a, **k):  # Ctrl-C while drawing step 5's batch: calls 1-3 are steps 1-3,
-        calls.append(1)         # 4-5 the val loss at step 3, 6 is step 4, 7 is step 5
-        if len(calls) == 7:
-            raise KeyboardInterrupt
+    def interrupted(*a, **k):  # calls 1-3 are steps 1-3, 4-5 the val loss at step 3, 6 is step 4, 7 is step 5
+        calls.append(1)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the terminal sends it
         return real_get_batch(*a, **k)
 
     monkeypatch.setattr(common, "get_batch", interrupted)
     with pytest.raises(SystemExit) as e:
-        run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0")
-    assert e.value.code == 130 and torch.load(stopped / "base.pt", weights_only=True)["step"] == 4
+        run(stopped, *flags)
+    assert e.value.code == 130  # the step under way is finished, then saved
+    assert torch.load(stopped / "base.pt", weights_only=True)["step"] == {4: 3, 7: 5}[at_call]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     monkeypatch.setattr(common, "get_batch", real_get_batch)
-    run(stopped, "--max-steps", "6", "--eval-interval", "3", "--exam-items", "0", "--resume")
+    run(stopped, *flags, "--resume")
     a = torch.load(full / "base.pt", weights_only=True)["model"]
     b = torch.load(stopped / "base.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_quits_at_once_and_saves_nothing(tmp_path, monkeypatch, capsys):
+    real_get_batch, calls = common.get_batch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # twice in step 2: the second one does not wait for the step's end
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get_batch(*a, **k)
+
+    monkeypatch.setattr(common, "get_batch", interrupted)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--max-steps", "6", "--eval-interval", "100", "--exam-items", "0")
+    assert e.value.code == 130 and not (tmp_path / "base.pt").exists()
+    assert "stopped without saving" in capsys.readouterr().out
+
+
+def test_a_diverged_run_stops_before_writing_nan_weights(tmp_path, capsys):
+    run(tmp_path, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0")
+    before = (tmp_path / "base.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--max-steps", "8", "--eval-interval", "2", "--exam-items", "0", "--lr", "1e30",
+            "--warmup", "0", "--grad-clip", "0")
+    assert "training diverged" in str(e.value.code)
+    assert (tmp_path / "base.pt").read_bytes() == before  # the good checkpoint is kept, not nan weights
 
 
 def test_two_gloo_processes_match_one(tmp_path):
@@ -122,6 +154,30 @@ def test_reads_tinystories_json_shards_and_txt(tmp_path):
         "--seq-len", "32")
     report = json.load(open(tmp_path / "out" / "report.json"))["pretrain"]
     assert report["fact_recall"] is None and report["val_loss"] > 0  # no world exam on your own text
+    (tmp_path / "odd.json").write_text(json.dumps({"story": stories[0]}))  # an object, not a list of them
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        train.read_documents(str(tmp_path / "odd.json"))
+
+
+def test_prepared_data_is_redone_when_the_files_change_or_a_prep_was_interrupted(tmp_path, monkeypatch, capsys):
+    data, out = tmp_path / "data", tmp_path / "out"
+    os.makedirs(data)
+    (data / "a.txt").write_text("<|endoftext|>".join(f"Tom{i} found a red ball." for i in range(60)))
+    flags = ["--data", str(data), "--max-steps", "1", "--vocab-size", "300", "--seq-len", "32"]
+    run(out, *flags)
+    run(out, *flags)
+    assert "data: reusing" in capsys.readouterr().out
+    (data / "b.txt").write_text("<|endoftext|>".join(f"Ann{i} saw a blue kite." for i in range(60)))
+    real = train.tokenize_to_file
+    monkeypatch.setattr(train, "tokenize_to_file", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after the new tokenizer was written, before the token files
+        run(out, *flags)
+    assert not (out / "data.json").exists()  # so nothing vouches for the mix of new tokenizer and old tokens
+    monkeypatch.setattr(train, "tokenize_to_file", real)
+    capsys.readouterr()
+    run(out, *flags)
+    assert "data: reusing" not in capsys.readouterr().out
+    assert json.load(open(out / "data.json"))["train_tokens"] > 2 * 60 * 5  # both files, a.txt and b.txt
 
 
 def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
@@ -168,3 +224,12 @@ def test_linear_lr_warms_up_then_decays_to_zero_at_the_end():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0 and lrs[-1] == 1 / 16
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     assert common.linear_lr(0, 20, 1.0, 0) == 1.0  # no warmup: the full rate from the first step
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", "tpu", "nonsense"])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, device):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--device", device)
+    assert str(e.value.code).startswith(f"error: --device {device}") and not os.listdir(tmp_path)
