@@ -223,6 +223,24 @@ def fail(message):
     sys.exit(f"error: {message}")
 
 
+def resumed_args(parser, argv, args, ckpt_path, run_control):
+    """args for --resume: every flag the stopped run was started with (its checkpoint's args), except the flags
+    given on this command line and the run-control flags (device, threads, ...) that may differ between runs.
+    Without this, `--resume` alone fell back to the defaults: another shape, batch size or schedule."""
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("args") or {}
+    except Exception:  # no or no readable checkpoint: load_checkpoint reports it in a moment
+        return args
+    dests = {opt: action.dest for action in parser._actions for opt in action.option_strings}
+    typed = [word.split("=")[0] for word in argv if word.startswith("--")]
+    given = {dest for word in typed for opt, dest in dests.items()  # argparse also takes unique prefixes
+             if opt == word or (opt.startswith(word) and sum(o.startswith(word) for o in dests) == 1)}
+    for key, value in saved.items():
+        if hasattr(args, key) and key not in given and key not in run_control:
+            setattr(args, key, value)
+    return args
+
+
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
     line and exit status 130, not a traceback. Every file is written through atomic_open or a temp file and a

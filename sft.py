@@ -166,6 +166,10 @@ def get_args(argv=None):
     common.add_system_args(p)
     p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
     args = p.parse_args(argv)
+    if args.resume:  # the stopped run's flags unless given again, as train.py does
+        args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
+                                   os.path.join(args.out_dir, "sft.pt"),
+                                   ("resume", "out_dir", "device", "dtype", "threads", "log_interval"))
     common.check_ranges(p, args, at_least_1=("conversations", "batch_size", "pretrain_mix_len", "log_interval",
                                              "eval_interval"),
                         at_least_0=("warmup", "weight_decay", "grad_clip", "pretrain_mix", "exam_items", "threads"),

@@ -200,6 +200,10 @@ def dream(model, tok, n, max_new_tokens, seed):
 
 # ----------------------------------------------------------------------------------------------------------
 
+# flags that may differ between a run and its --resume: where and how it runs, not what it trains
+RUN_CONTROL = ("resume", "init", "out_dir", "device", "dtype", "threads", "compile", "bench", "log_interval")
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="Pretrain the Transformer by next-token prediction.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -242,6 +246,9 @@ def get_args(argv=None):
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
                    help="time STEPS training steps on random tokens at this shape and exit (no data, no files)")
     args = p.parse_args(argv)
+    if args.resume:  # the stopped run's flags, unless given again (e.g. a larger --max-steps to train on)
+        args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
+                                   os.path.join(args.out_dir, "base.pt"), RUN_CONTROL)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -329,6 +336,8 @@ def main(argv=None):
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
         common.fail(f"the model's vocab ({model.args.vocab_size}) is not the tokenizer's ({tok.vocab_size})")
+    if args.seq_len > model.args.max_seq_len:
+        common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
     if ckpt is not None:

@@ -4,8 +4,10 @@ finetune on the tiny world turns the base model into something that answers and 
 import json
 import os
 import shutil
+import signal
 
 import pytest
+import torch
 
 import sft
 import train
@@ -82,3 +84,29 @@ def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     assert {"qa_seen", "qa_unseen", "reversal", "stop_rate", "wall_s"} <= set(after)
     report = open(out / "report.md").read()
     assert report.count("## SFT") == 1
+
+
+def test_ctrl_c_then_resume_alone_equals_an_uninterrupted_run(tmp_path, base_dir, monkeypatch):
+    flags = ["--epochs", "0.3", "--batch-size", "6", "--lr", "2e-3", "--exam-items", "0", "--eval-interval", "2",
+             "--pretrain-mix", "2", "--pretrain-mix-len", "32"]  # a few steps, none of them defaults
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    shutil.copytree(base_dir, full)
+    shutil.copytree(base_dir, stopped)
+    sft.main(["--out-dir", str(full), *flags])
+    real_collate, calls = sft.collate, []
+
+    def interrupted(*a, **k):  # Ctrl-C while step 2's batch is built (call 1 is the val loss's): step 2 finishes
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_collate(*a, **k)
+
+    monkeypatch.setattr(sft, "collate", interrupted)
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(stopped), *flags])
+    assert e.value.code == 130 and torch.load(stopped / "sft.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(sft, "collate", real_collate)
+    sft.main(["--out-dir", str(stopped), "--resume"])  # the stopped run's flags come from its checkpoint
+    a = torch.load(full / "sft.pt", weights_only=True)
+    b = torch.load(stopped / "sft.pt", weights_only=True)
+    assert a["step"] == b["step"] > 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -233,3 +233,14 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, devic
     with pytest.raises(SystemExit) as e:
         run(tmp_path, "--device", device)
     assert str(e.value.code).startswith(f"error: --device {device}") and not os.listdir(tmp_path)
+
+
+def test_resume_alone_continues_with_the_stopped_runs_flags(tmp_path, capsys):
+    run(tmp_path, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0", "--batch-size", "3")
+    train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])  # no shape, no data flags
+    out = capsys.readouterr().out
+    assert "data: reusing" in out and "resuming at step 2" in out and "dim=32" in out
+    assert torch.load(tmp_path / "base.pt", weights_only=True)["args"]["batch_size"] == 3
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "4", "--seq-len", "128"])
+    assert "longer than the checkpoint's context" in str(e.value.code)
