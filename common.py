@@ -72,17 +72,19 @@ def add_system_args(p, dtype=True):
                             "always train in float32)")
 
 
-def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=()):
+def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=(), fractions=()):
     """Numbers out of range stop here, before any work, with argparse's one-line usage error, instead of as a
     traceback from deep inside (torch's "Invalid learning rate", an empty batch's stack). Names are argument
-    dests; a None value (a default filled in later) is skipped. below_1: 0 <= value < 1 (rates, fractions)."""
+    dests; a None value (a default filled in later) is skipped. below_1: 0 <= value < 1 (rates); fractions:
+    0 <= value <= 1. Every value must also be finite (--epochs inf would run forever, --kl-coef inf is nan)."""
     rules = ([(n, lambda v: v >= 1, "at least 1") for n in at_least_1] +
              [(n, lambda v: v >= 0, "at least 0") for n in at_least_0] +
              [(n, lambda v: v > 0, "positive") for n in positive] +
-             [(n, lambda v: 0 <= v < 1, "in [0, 1)") for n in below_1])
+             [(n, lambda v: 0 <= v < 1, "in [0, 1)") for n in below_1] +
+             [(n, lambda v: 0 <= v <= 1, "in [0, 1]") for n in fractions])
     for name, ok, what in rules:
         value = getattr(args, name)
-        if value is not None and not ok(value):
+        if value is not None and not (ok(value) and math.isfinite(value)):
             parser.error(f"--{name.replace('_', '-')} must be {what} (got {value})")
 
 

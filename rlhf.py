@@ -152,9 +152,10 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
 def label_at_terminal(pairs, path, ask=input, show=print):
     """A person compares answers: for each (prompt, a, b, ended_a, ended_b) shows both and asks
     1 / 2 / t (tie) / s (skip) / q (quit). Every answer is appended to `path` at once, so quitting (or Ctrl-C)
-    loses nothing. Returns the number of comparisons saved and whether the person quit."""
-    saved = 0
-    with open(path, "a", encoding="utf-8") as f:
+    loses nothing; the file is created with the first answer, so quitting before one leaves none. Returns the
+    number of comparisons saved and whether the person quit."""
+    saved, f = 0, None
+    try:
         for i, (prompt, a, b, ea, eb) in enumerate(pairs):
             show(f"\n[{i + 1}/{len(pairs)}] user: {prompt}")
             show(f"  1: {a}{'' if ea else '  [cut off]'}")
@@ -172,10 +173,14 @@ def label_at_terminal(pairs, path, ask=input, show=print):
             if choice in ("s", "skip"):
                 continue
             (c, ec), (r, er) = ((a, ea), (b, eb)) if choice != "2" else ((b, eb), (a, ea))
+            f = f or open(path, "a", encoding="utf-8")
             f.write(json.dumps({"prompt": prompt, "chosen": c, "rejected": r, "chosen_ended": ec,
                                 "rejected_ended": er, "tie": choice in ("t", "tie"), "labeler": "human"}) + "\n")
             f.flush()
             saved += 1
+    finally:
+        if f is not None:
+            f.close()
     return saved, False
 
 
@@ -353,7 +358,7 @@ def train_reward_model(rm, train_pairs, args, log):
     max_steps = max(1, int(args.rm_epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(args.seed)
     rm.train()
-    t_last, order = common.Timer(), []
+    t_last, order, logged = common.Timer(), [], 0
     for step in range(max_steps):
         if not order:
             order = torch.randperm(len(groups), generator=gen).tolist()
@@ -369,7 +374,7 @@ def train_reward_model(rm, train_pairs, args, log):
         opt.zero_grad(set_to_none=True)
         every = max(1, max_steps // 4)  # four log lines (the held-out accuracy, a pass over many pairs, comes after)
         if (step + 1) % every == 0 or step + 1 == max_steps:
-            dt = t_last() / every
+            dt, logged = t_last() / (step + 1 - logged), step + 1
             tokens = sum(len(p) * len(answers) + sum(map(len, answers)) for p, answers, _ in batch)
             log(common.step_line(step + 1, max_steps, loss.item(), lr, dt, tokens), flush=True)
             t_last = common.Timer()
@@ -646,7 +651,7 @@ def main(argv=None):
     # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
     if args.label:  # the person labels first; what they saved decides the rest
         records = []
-        if os.path.exists(cmp_path):
+        if os.path.exists(cmp_path) and os.path.getsize(cmp_path) > 0:  # (empty: left by an older version)
             try:
                 records = read_comparisons(cmp_path)
             except ValueError as e:
@@ -657,11 +662,12 @@ def main(argv=None):
         todo = args.n_comparisons - len(records)
         if todo > 0:
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
-            items = rng.sample(train_items, min(len(train_items), todo))
+            items = rng.sample(train_items, min(len(train_items), 2 * todo))  # room for dropping identical pairs
             answers = sample_answers(sft, tok, items, 2, args.max_new_tokens,
                                      torch.Generator().manual_seed(args.seed + len(records)))
             pairs = [(it["question"], answers[2 * i][1], answers[2 * i + 1][1], answers[2 * i][2],
                       answers[2 * i + 1][2]) for i, it in enumerate(items)]
+            pairs = [p for p in pairs if (p[1], p[3]) != (p[2], p[4])][:todo]  # the same answer twice teaches nothing
             log(f"labelling: {len(records)} comparisons saved so far, {todo} to go. Which answer is better?")
             saved, quit_ = label_at_terminal(pairs, cmp_path)
             if quit_:
@@ -712,10 +718,6 @@ def main(argv=None):
             pairs = encode_pairs(tok, records, sft.args.max_seq_len, args.comparisons or cmp_path)
         except ValueError as e:
             common.fail(e)
-        if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_path):
-            if human_file:
-                common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
-            write_comparisons(cmp_path, records)
         held = [is_heldout(r["prompt"], args.rm_heldout) for r in records]
         train_pairs = [p for p, h in zip(pairs, held) if not h]
         val_pairs = [p for p, h, r in zip(pairs, held, records) if h and not r.get("tie")]
@@ -723,6 +725,10 @@ def main(argv=None):
         if len(train_pairs) < 2 or not val_pairs:
             common.fail(f"{len(records)} comparisons are too few to train and test a reward model "
                         f"({len(train_pairs)} train, {len(val_pairs)} held-out)")
+        if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_path):
+            if human_file:
+                common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
+            write_comparisons(cmp_path, records)  # after every check: a failed run leaves the old file as it was
         rm = reward_model_from(sft, args.rm_likelihood)
         log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
             f"before training the held-out accuracy is {pairwise_accuracy(*pair_scores(rm, val_pairs)):.1%}")
@@ -806,8 +812,12 @@ def main(argv=None):
         policy.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best = ckpt["step"], ckpt["best"]
-        with open(curve_path) as f:
-            rows = [r for r in map(json.loads, f) if r["step"] <= step]
+        try:
+            with open(curve_path) as f:
+                rows = [r for r in map(json.loads, f) if r["step"] <= step]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            common.fail(f"cannot resume: {curve_path}, the curve of steps 1-{step}, is missing or damaged "
+                        f"({type(e).__name__}); start over without --resume")
         log(f"resuming at step {step} (best spot check so far {best['spot']:.1%} at step {best['step']})")
 
     def checkpoint(spot):
@@ -827,7 +837,7 @@ def main(argv=None):
         best.update(step=0, spot=spot)
         save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot)
     buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
-    t_rl, t_last = common.Timer(), common.Timer()
+    t_rl, t_last, logged = common.Timer(), common.Timer(), step
     with common.GracefulStop() as stop:
         while step < args.steps and not stop.requested:
             lr = args.lr * min(1.0, (step + 1) / 10)
@@ -864,8 +874,7 @@ def main(argv=None):
                 row["spot"] = spot_check(policy, tok, spot_items, sft_spot, args.max_new_tokens, args.seed)
             rows.append(row)
             if step % args.log_interval == 0 or step == args.steps or step == 1:
-                n = 1 if step == 1 else min(args.log_interval, step)
-                dt = t_last() / n
+                dt, logged = t_last() / (step - logged), step
                 log(common.step_line(step, args.steps, loss.item(), lr, dt, x.numel(),
                                      f" | proxy {row['proxy']:+.2f} | gold {row['gold']:+.2f} | kl {row['kl']:.2f} "
                                      f"(sampled {row['kl_sampled']:.2f}) | len {row['tokens']:.0f} | entropy {entropy:.2f}"),

@@ -247,7 +247,7 @@ def main(argv=None):
         rows = order[k * args.batch_size:(k + 1) * args.batch_size]
         return [train[i] for i in rows[ddp.rank::ddp.world_size]]
 
-    step, t_last = start_step, common.Timer()
+    step, t_last, logged = start_step, common.Timer(), start_step
     with common.GracefulStop() as stop:
         while step < max_steps and not ddp.any(stop.requested):
             lr = common.linear_lr(step, max_steps, args.lr, args.warmup)
@@ -270,7 +270,7 @@ def main(argv=None):
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % args.log_interval == 0 or step == max_steps:
-                dt = t_last() / args.log_interval
+                dt, logged = t_last() / (step - logged), step
                 tokens = (x.numel() + args.pretrain_mix * args.pretrain_mix_len // ddp.world_size) * ddp.world_size
                 log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, tokens,
                                      f" | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
@@ -302,7 +302,7 @@ def main(argv=None):
              f"{len(train):,} conversations, {step} steps, seed {args.seed}, from `{init}`.", ""]
     if val_loss is not None:
         lines.append(f"- validation loss on held-out conversations (assistant tokens): **{val_loss:.3f}**")
-    if args.exam_items > 0:
+    if args.exam_items > 0 and not args.data:
         log("exam: unseen phrasings for SFT-seen and pretraining-only people, reversal, base model ...", flush=True)
         base, _ = load_checkpoint(base_path, device)
         exam, rows, samples = sft_exam(model, base.eval(), tok, world, args.exam_items)

@@ -255,9 +255,9 @@ def get_args(argv=None):
     common.check_ranges(p, args, at_least_1=("world_people", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                              "seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval",
                                              "eval_batches", "log_interval"),
-                        at_least_0=("min_lr_ratio", "warmup", "weight_decay", "grad_clip", "exam_items", "threads",
+                        at_least_0=("warmup", "weight_decay", "grad_clip", "exam_items", "threads",
                                     "bench"),
-                        positive=("lr",), below_1=("dropout", "beta2"))
+                        positive=("lr",), below_1=("dropout", "beta2"), fractions=("min_lr_ratio",))
     return args
 
 

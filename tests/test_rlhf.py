@@ -5,6 +5,7 @@ bad comparison files are reported by line, and a tiny run writes and reuses what
 import io
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -212,16 +213,33 @@ def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
 
 def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys):
     args = ["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST]
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))  # quit before the first answer: no file to trip on
+    rlhf.main(args)
+    assert not os.path.exists(out_dir / "comparisons.jsonl")
     monkeypatch.setattr("sys.stdin", io.StringIO("1\n2\nq\n"))
     rlhf.main(args)
     first = open(out_dir / "comparisons.jsonl").read().splitlines()
-    assert len(first) == 2 and "run `python rlhf.py --label` again" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert len(first) == 2 and "run `python rlhf.py --label` again" in out
+    shown = re.findall(r"\n  1: (.*)\n  2: (.*)\n", out)
+    assert shown and all(a != b for a, b in shown)  # never the same answer twice
     monkeypatch.setattr("sys.stdin", io.StringIO("t\n"))  # then end of input: quits, keeping what was said
     rlhf.main(args)
     second = open(out_dir / "comparisons.jsonl").read().splitlines()
     assert second[:2] == first and len(second) == 3 and json.loads(second[2])["tie"] is True
     assert "4 to go" in capsys.readouterr().out
     assert not os.path.exists(out_dir / "rm.pt")
+
+
+def test_a_failed_comparisons_run_keeps_the_old_file(out_dir):
+    old = out_dir / "comparisons.jsonl"
+    old.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")
+    before = old.read_bytes()
+    one = out_dir / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "Where does Anna live?", "chosen": "Dunmore.", "rejected": "Cat."}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(one), *FAST])
+    assert "too few" in str(e.value.code) and old.read_bytes() == before
 
 
 @pytest.mark.parametrize("line, why", [

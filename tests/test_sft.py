@@ -110,3 +110,14 @@ def test_ctrl_c_then_resume_alone_equals_an_uninterrupted_run(tmp_path, base_dir
     a = torch.load(full / "sft.pt", weights_only=True)
     b = torch.load(stopped / "sft.pt", weights_only=True)
     assert a["step"] == b["step"] > 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_your_own_conversations_get_the_val_loss_not_the_worlds_exam(tmp_path, base_dir):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    path = tmp_path / "chats.jsonl"
+    path.write_text((good + "\n") * 40)
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--data", str(path), "--epochs", "1", "--exam-items", "5"])
+    report = json.load(open(out / "report.json"))["sft"]
+    assert report["val_loss"] > 0 and "qa_seen" not in report

@@ -198,6 +198,9 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
     ("rlhf", ["--kl-coef", "-0.1"], "--kl-coef must be at least 0 (got -0.1)"),
     ("rlhf", ["--steps", "0"], "--steps must be at least 1 (got 0)"),
     ("arena", ["--temperature", "-1"], "--temperature must be at least 0 (got -1.0)"),
+    ("train", ["--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1] (got 2.0)"),
+    ("sft", ["--epochs", "inf"], "--epochs must be positive (got inf)"),
+    ("rlhf", ["--kl-coef", "inf"], "--kl-coef must be at least 0 (got inf)"),
 ])
 def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, message, capsys):
     import arena
