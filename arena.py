@@ -78,6 +78,16 @@ def blob_player(path, temperature, max_new_tokens, seed):
 # ----------------------------------------------------------------------------------------------------------
 # battles and ratings
 
+def unique_names(paths):
+    """A contestant's name is its file's stem ("rlhf"), with its directory when two stems are the same
+    ("run1/rlhf", "run2/rlhf"), and a number when even that is not enough: the report is keyed by name."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [s if stems.count(s) == 1 else f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}/{s}"
+             for p, s in zip(paths, stems)]
+    names = [n if names.count(n) == 1 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+    return [n + (" (Q/A framing)" if p.endswith("base.pt") else "") for p, n in zip(paths, names)]
+
+
 def battles(items, answers, seed):
     """Every pair of contestants on every question, judged by the noisy labeler: (question, i, j, winner)."""
     rng = random.Random(seed)
@@ -150,7 +160,7 @@ def main(argv=None):
                                  if os.path.exists(os.path.join(args.out_dir, f))]
     if len(paths) < 2:
         common.fail(f"the arena needs at least two contestants (found {len(paths)} in {args.out_dir})")
-    players, names, world_args = [], [], {}
+    players, world_args = [], {}
     for path in paths:
         try:
             if path.endswith(".pt"):
@@ -162,7 +172,7 @@ def main(argv=None):
         except (CheckpointError, runtime.BlobError, ValueError) as e:
             common.fail(e)
         players.append(answer)
-        names.append(os.path.splitext(os.path.basename(path))[0] + (" (Q/A framing)" if path.endswith("base.pt") else ""))
+    names = unique_names(paths)
     world = world_lib.make_world(args.world_people or world_args.get("world_people", 100),
                                  args.world_seed if args.world_seed is not None else world_args.get("world_seed", 1337))
     items = world_lib.rl_prompts(world, "heldout")[:args.questions]

@@ -32,3 +32,10 @@ def test_battles_prefer_the_right_answer(tiny_world):
     wrong = [("I do not know.", True) for _ in items]
     fights = arena.battles(items, [wrong, right], seed=0)
     assert sum(w == 1 for _, _, _, w in fights) >= 0.9 * len(fights)
+
+
+def test_contestants_get_unique_names_for_the_report():
+    names = arena.unique_names(["a/rlhf.pt", "b/rlhf.pt", "out/sft.pt", "out/base.pt", "out/model.bin", "c/model.bin",
+                                "out/sft.pt"])
+    assert names == ["a/rlhf", "b/rlhf", "out/sft #1", "base (Q/A framing)", "out/model", "c/model", "out/sft #2"]
+    assert len(set(names)) == len(names)
