@@ -251,12 +251,15 @@ def gguf_metadata(net, stage, tok):
         ("llama.rope.freq_base", F32, a.rope_theta),
         ("llama.rope.dimension_count", U32, a.dim // a.n_heads),  # every dimension of a head is rotated
         # the vocabulary as sentencepiece has it: pieces with U+2581 for spaces, BPE merge scores, and the
-        # piece types, whose numbers GGUF shares with sentencepiece (normal 1, unknown 2, control 3,
-        # user-defined 4 for the chat markers, byte 6 for the 256 byte-fallback pieces <0x00>..<0xFF>)
+        # piece types, whose numbers GGUF shares with sentencepiece (normal 1, unknown 2, control 3, byte 6
+        # for the 256 byte-fallback pieces <0x00>..<0xFF>). The chat markers go in as control (3), not as
+        # sentencepiece's user-defined (4): llama.cpp then parses them only where special tokens are asked for
+        # (the chat template) and spells them out in plain text, as tokenizer.py and run.py do
         ("tokenizer.ggml.model", STRING, "llama"),
         ("tokenizer.ggml.tokens", ARRAY, (STRING, [p for p, _, _ in pieces])),
         ("tokenizer.ggml.scores", ARRAY, (F32, [s for _, s, _ in pieces])),
-        ("tokenizer.ggml.token_type", ARRAY, (I32, [k for _, _, k in pieces])),
+        ("tokenizer.ggml.token_type", ARRAY, (I32, [tokenizer.CONTROL if k == tokenizer.USER_DEFINED else k
+                                                    for _, _, k in pieces])),
         ("tokenizer.ggml.unknown_token_id", U32, tok.unk_id),
         ("tokenizer.ggml.bos_token_id", U32, tok.bos_id),
         ("tokenizer.ggml.eos_token_id", U32, tok.eos_id),  # </s>: ends a document (what a base model emits)

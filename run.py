@@ -193,7 +193,8 @@ class Tokenizer:
         self.piece_id = {self.pieces[i]: i for i in mergeable}
         self.score = {self.pieces[i]: t["scores"][i] for i in mergeable}
         self.byte_id = {int(p[3:5], 16): i for i, (p, k) in enumerate(zip(self.pieces, self.types)) if k == BYTE}
-        # user-defined symbols (the chat markers) are whole tokens wherever they appear; longest match first
+        # user-defined symbols (the chat markers): only the chat template places them; in text they are split
+        # as tokenizer.Tokenizer.encode splits them (longest match first)
         specials = sorted((self.pieces[i] for i in mergeable if self.types[i] == USER_DEFINED), key=len, reverse=True)
         self.special = re.compile("|".join(map(re.escape, specials))) if specials else None
 
@@ -238,8 +239,8 @@ class Tokenizer:
         if self.special is None:
             return self.bpe(text)
         ids, pos = [], 0
-        for m in self.special.finditer(text):
-            ids += self.bpe(text[pos:m.start()]) + [self.piece_id[m.group()]]
+        for m in self.special.finditer(text):  # "<|end|>" in text: "<" and "|end|>" apart, never the marker
+            ids += self.bpe(text[pos:m.start()]) + self.bpe(m.group()[:1]) + self.bpe(m.group()[1:])
             pos = m.end()
         return ids + self.bpe(text[pos:])
 
@@ -513,13 +514,16 @@ def chat(model, tok, args, sample, stats):
         if interactive:
             print("assistant> ", end="", file=sys.stderr, flush=True)
         out, reply = Printer(tok, skip=tok.content_prefix), []
+        # markers are structure, not text: one the model writes mid-answer is neither shown nor kept (the
+        # history is text, and Tokenizer.encode would spell it out), as llama.cpp leaves out control tokens
+        markers = {tok.end_id, *tok.role_ids.values()}
         for t in stats.timed(generate(model, ids, n_cached, args.max_new_tokens, sample, tok.end_id)):
             reply.append(t)
-            out.write([] if t == tok.end_id else [t])
+            out.write([] if t in markers else [t])
         out.write([], final=True)
         print()
         cached = ids + reply[:-1]  # the last sampled token was never fed through the model
-        text = tok.decode([t for t in reply if t != tok.end_id]).removeprefix(tok.content_prefix)
+        text = tok.decode([t for t in reply if t not in markers]).removeprefix(tok.content_prefix)
         messages = kept + [{"role": "assistant", "content": text}]
     return messages
 

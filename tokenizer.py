@@ -4,7 +4,10 @@ The tokenizer and THE chat template of twofiles (no torch here).
 Text becomes token ids with a sentencepiece BPE vocabulary (Kudo & Richardson 2018) trained on the
 pretraining text, set up so that nothing is lost: identity normalisation, whitespace kept exactly, no
 dummy prefix space, and byte fallback for any character the vocabulary lacks, so decode(encode(x)) == x
-for every string. The chat markers are user-defined symbols: always one token each.
+for every string without U+2581 (sentencepiece's stand-in for a space, which decodes to one). The chat
+markers are user-defined symbols, one token each, and only render_chat places them: a marker typed in text
+("<|end|>" in a message, a web page or a comparison) is spelled with ordinary pieces, so no text can end a
+turn or open a new one (the injection that `parse_special=False` prevents in llama.cpp).
 
 A conversation becomes ids with `render_chat`; it is the only place the chat format is written (run.py
 mirrors it, and a parity test keeps the two identical):
@@ -19,6 +22,7 @@ temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; RE
     python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
 """
 import os
+import re
 import sys
 
 import sentencepiece as spm
@@ -28,6 +32,7 @@ ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
 END_TOKEN = "<|end|>"  # end of a turn: the assistant learns to emit it, so generation knows when to stop
 CONTENT_PREFIX = " "  # encoded before each message's content (see the docstring); readers of an answer strip it
 SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN]
+SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps the markers it splits at
 
 # sentencepiece's piece types (sentencepiece_model.proto), written into the blob and GGUF for run.py
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -77,12 +82,19 @@ class Tokenizer:
             raise ValueError(f"{model_file} lacks the chat tokens {SPECIAL_TOKENS}: not a twofiles tokenizer")
 
     def encode(self, text):
-        """str -> list of ids (no BOS/EOS: callers add them)."""
-        return self.sp.encode(text)
+        """str -> list of ids (no BOS/EOS: callers add them). A chat marker in the text is encoded as "<" and
+        the rest ("|end|>") apart, so it never becomes the marker's id (run.py's encoder does the same)."""
+        if "<|" not in text:  # the usual case, in one call
+            return self.sp.encode(text)
+        parts = [p for part in SPECIAL_SPLIT.split(text) if part
+                 for p in ([part[:1], part[1:]] if part in SPECIAL_TOKENS else [part])]
+        return [i for ids in self.sp.encode(parts) for i in ids]
 
     def encode_batch(self, texts):
         """list of str -> list of lists of ids; sentencepiece runs the batch in C++ threads."""
-        return self.sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+        texts = list(texts)
+        out = self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+        return [self.encode(t) if "<|" in t else ids for t, ids in zip(texts, out)]
 
     def decode(self, ids):
         return self.sp.decode([int(i) for i in ids])

@@ -78,7 +78,7 @@ def test_every_key_and_tensor(tied, tok, tmp_path):
         "tokenizer.ggml.model": (string, "llama"),
         "tokenizer.ggml.tokens": (["ARRAY", "STRING"], [p for p, _, _ in pieces]),
         "tokenizer.ggml.scores": (["ARRAY", "FLOAT32"], [s for _, s, _ in pieces]),
-        "tokenizer.ggml.token_type": (["ARRAY", "INT32"], [k for _, _, k in pieces]),
+        "tokenizer.ggml.token_type": (["ARRAY", "INT32"], [3 if k == 4 else k for _, _, k in pieces]),  # markers: control
         "tokenizer.ggml.unknown_token_id": (u32, 0), "tokenizer.ggml.bos_token_id": (u32, 1),
         "tokenizer.ggml.eos_token_id": (u32, 2), "tokenizer.ggml.eot_token_id": (u32, tok.end_id),
         "tokenizer.ggml.add_bos_token": (boolean, True), "tokenizer.ggml.add_eos_token": (boolean, False),
@@ -124,14 +124,18 @@ def test_chat_template_renders_render_chat(tok, tiny_world):
         raise ValueError(message)
 
     conversations = world.sft_conversations(tiny_world)[:30]
-    conversations.append([{"role": "system", "content": " lead and trail \n"}, {"role": "user", "content": "😀\t<|end|>"},
+    conversations.append([{"role": "system", "content": " lead and trail \n"}, {"role": "user", "content": "😀\t|>"},
                           {"role": "assistant", "content": ""}, {"role": "user", "content": "Q: x\nA:"}])
     for messages in conversations:
         for prompt in (False, True):
             text = template.render(messages=messages, add_generation_prompt=prompt, bos_token="<s>",
                                    raise_exception=raise_exception)
             assert text.startswith("<s>")
-            ids = [tok.bos_id] + tok.encode(text[len("<s>"):])  # <|role|> and <|end|> are one token each in text
+            # read as llama.cpp reads a chat prompt: the markers' text is their token (the contents hold none;
+            # a marker typed in a message would become one here, as in every llama.cpp chat template)
+            parts = tokenizer.SPECIAL_SPLIT.split(text[len("<s>"):])
+            ids = [tok.bos_id] + [i for p in parts if p
+                                  for i in ([tok.sp.piece_to_id(p)] if p in tokenizer.SPECIAL_TOKENS else tok.encode(p))]
             assert ids == tokenizer.render_chat(tok, messages, prompt)[0]
     with pytest.raises(ValueError, match="unknown role"):
         template.render(messages=[{"role": "tool", "content": "x"}], bos_token="<s>", raise_exception=raise_exception)
@@ -194,12 +198,11 @@ def test_llama_cpp_tokenizes_the_world_corpus_like_sentencepiece(llama, tok, tin
     for doc in train + val:
         assert llama.tokenize(doc.encode(), add_bos=False, special=False) == tok.encode(doc), doc[:80]
     assert llama.tokenize(b"Anna lives in") == [tok.bos_id] + tok.encode("Anna lives in")  # BOS, no space prefix
-    # sentencepiece makes <|end|> one token wherever it appears. So does llama.cpp in a chat prompt (special
-    # tokens parsed); in plain text it spells it out, because it recognises the name as an end of turn and
-    # turns its type to control, and control tokens are only parsed on request.
-    for s in TRICKY:
-        special = "<|end|>" in s
-        assert llama.tokenize(s.encode(), add_bos=False, special=special) == tok.encode(s), repr(s)
+    # a chat marker in plain text is spelled out by both (the GGUF types the markers control, which
+    # llama.cpp parses only on request, as in a chat prompt)
+    for s in TRICKY + ["<|assistant|>", "x <|user|> y"]:
+        assert llama.tokenize(s.encode(), add_bos=False, special=False) == tok.encode(s), repr(s)
+    assert llama.tokenize(b"<|user|>", add_bos=False, special=True) == [tok.role_ids["user"]]
 
 
 def test_llama_cpp_chat_uses_the_template_and_stops_at_end(llama, gqa_net, tok):
@@ -210,5 +213,6 @@ def test_llama_cpp_chat_uses_the_template_and_stops_at_end(llama, gqa_net, tok):
     want = model.generate(gqa_net, torch.tensor([prompt]), 24, temperature=0.0, stop_id=tok.end_id)[0]
     out = llama.create_chat_completion(messages=messages, temperature=0.0, max_tokens=24, repeat_penalty=1.0)
     assert out["usage"]["prompt_tokens"] == len(prompt)
-    assert out["choices"][0]["message"]["content"] == tok.decode([t for t in want if t != tok.end_id])
+    markers = {tok.end_id, *tok.role_ids.values()}  # structure, not text: neither shows them in an answer
+    assert out["choices"][0]["message"]["content"] == tok.decode([t for t in want if t not in markers])
     assert out["choices"][0]["finish_reason"] == ("stop" if want[-1] == tok.end_id else "length")
