@@ -110,7 +110,7 @@ def start(args):
 
 
 def autocast(device, dtype):
-    """bf16/fp16 autocast on GPUs (matmuls in half precision, weights and optimizer state in fp32);
+    """bf16 autocast on CUDA (matmuls in half precision, weights and optimizer state in fp32);
     plain fp32 elsewhere. dtype is 'float32' or 'bfloat16'."""
     if dtype == "float32" or not device.startswith("cuda"):
         return contextlib.nullcontext()

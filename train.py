@@ -46,8 +46,9 @@ PRESETS = {
 # data
 
 def data_files_stamp(path):
-    """(name, size, mtime) of every file under --data: prepared data is reused only for unchanged files."""
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
+    """(name, size, mtime) of every file read_documents reads: prepared data is reused only if none changed."""
+    files = [path] if os.path.isfile(path) else sorted(
+        f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.endswith((".txt", ".json", ".jsonl")))
     return [[os.path.relpath(f, path) if f != path else "", os.path.getsize(f), int(os.path.getmtime(f))]
             for f in files if os.path.isfile(f)]
 
