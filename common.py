@@ -243,6 +243,22 @@ def resumed_args(parser, argv, args, ckpt_path, run_control):
     return args
 
 
+def read_jsonl_lines(path, missing):
+    """The lines of a UTF-8 text file (JSONL), or ValueError: `missing` when there is no such file, else
+    what is wrong with it, bad bytes named by FILE:LINE as a bad JSON line would be."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; expected a .jsonl file")
+    if not os.path.isfile(path):
+        raise ValueError(missing)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+
+
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
     line and exit status 130, not a traceback. Every file is written through atomic_open or a temp file and a

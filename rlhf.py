@@ -187,13 +187,7 @@ def label_at_terminal(pairs, path, ask=input, show=print):
 def read_comparisons(path):
     """Comparisons from JSONL, one {"prompt", "chosen", "rejected"} object per line (optional booleans "tie",
     "chosen_ended", "rejected_ended"; other keys are kept). A bad line raises ValueError naming FILE:LINE."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no comparisons file at {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e.reason})") from None
+    lines = common.read_jsonl_lines(path, f"no comparisons file at {path}")
     records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -37,14 +37,8 @@ from tokenizer import Tokenizer, check_messages, render_chat
 def read_chat_jsonl(path):
     """Conversations from a JSONL file, one {"messages": [...]} per line; any bad line stops the run with
     its line number, before any training."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--data {path} does not exist")
+    lines = common.read_jsonl_lines(path, f"--data {path} does not exist")
     convs = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text ({e.reason})") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -38,15 +38,17 @@ SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
-def train_tokenizer(texts, model_prefix, vocab_size):
+def train_tokenizer(texts, model_prefix, vocab_size, threads=0):
     """Train a BPE vocabulary on an iterable of documents; writes model_prefix.model and returns a Tokenizer.
-    Documents are fed line by line (newlines are then bytes, <0x0A>); sentencepiece may return fewer pieces
-    than asked on a small text, so the real size is read back from the model."""
+    Documents are fed line by line (newlines are then bytes, <0x0A>), a long line in pieces (sentencepiece
+    skips lines over max_sentence_length); it may return fewer pieces than asked on a small text, so the real
+    size is read back from the model. threads: 0 for one per core."""
     def lines():
         for text in texts:
             for line in text.split("\n"):
-                if line.strip():
-                    yield line
+                for i in range(0, len(line), 4096):  # 4096 characters are at most 16384 UTF-8 bytes
+                    if line[i:i + 4096].strip():
+                        yield line[i:i + 4096]
     os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
@@ -59,7 +61,7 @@ def train_tokenizer(texts, model_prefix, vocab_size):
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             hard_vocab_limit=False,  # allow fewer pieces than asked instead of failing on small text
             input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=16384,
-            num_threads=os.cpu_count() or 1, minloglevel=2)
+            num_threads=threads or os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as e:
         raise ValueError(f"cannot train a {vocab_size}-token vocabulary on this text: {str(e).splitlines()[0]}") from None
     return Tokenizer(model_prefix + ".model")

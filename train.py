@@ -129,8 +129,9 @@ def prepare_data(args, log):
         os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
     if args.data:
         docs = read_documents(args.data)
-        if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break
-            cut = docs[0].rfind("\n", 0, int(len(docs[0]) * 0.99)) + 1 or int(len(docs[0]) * 0.99)
+        if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break near there
+            end = int(len(docs[0]) * 0.99)
+            cut = docs[0].rfind("\n", int(len(docs[0]) * 0.98), end) + 1 or end
             docs = [docs[0][:cut], docs[0][cut:]]
         n_val = max(1, len(docs) // 100)  # 1% of the documents held out for validation loss
         train_docs, val_docs = docs[:-n_val], docs[-n_val:]
@@ -138,7 +139,7 @@ def prepare_data(args, log):
         train_docs, val_docs = world_lib.pretrain_docs(world_lib.make_world(args.world_people, args.world_seed))
     log(f"data: {len(train_docs):,} train / {len(val_docs):,} val documents "
         f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); training the tokenizer ...")
-    tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size)
+    tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size, args.threads)
     if tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size,
@@ -259,6 +260,8 @@ def get_args(argv=None):
                         at_least_0=("warmup", "weight_decay", "grad_clip", "exam_items", "threads",
                                     "bench"),
                         positive=("lr",), below_1=("dropout", "beta2"), fractions=("min_lr_ratio",))
+    if args.seq_len < 2:  # a model of context 1 cannot be given a token and then write one
+        p.error(f"--seq-len must be at least 2 (got {args.seq_len})")
     return args
 
 
@@ -306,7 +309,10 @@ def main(argv=None):
     # data: prepared once by the master, read by everyone
     try:
         if master:
-            os.makedirs(args.out_dir, exist_ok=True)
+            try:
+                os.makedirs(args.out_dir, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"cannot make --out-dir {args.out_dir}: {e.strerror}") from None
             meta = prepare_data(args, log)
         ddp.barrier()
         if not master:

@@ -121,3 +121,12 @@ def test_your_own_conversations_get_the_val_loss_not_the_worlds_exam(tmp_path, b
     sft.main(["--out-dir", str(out), "--data", str(path), "--epochs", "1", "--exam-items", "5"])
     report = json.load(open(out / "report.json"))["sft"]
     assert report["val_loss"] > 0 and "qa_seen" not in report
+
+
+def test_a_chat_file_with_bad_bytes_or_a_directory_is_named_clearly(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    path.write_bytes(b'{"messages": []}\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')  # Latin-1
+    with pytest.raises(ValueError, match=r"chats.jsonl:2: not UTF-8 text"):
+        sft.read_chat_jsonl(str(path))
+    with pytest.raises(ValueError, match="is a directory"):
+        sft.read_chat_jsonl(str(tmp_path))

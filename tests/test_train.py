@@ -247,3 +247,20 @@ def test_resume_alone_continues_with_the_stopped_runs_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "4", "--seq-len", "128"])
     assert "longer than the checkpoint's context" in str(e.value.code)
+
+
+def test_odd_inputs_of_real_text_runs(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "file", "--max-steps", "1")
+    assert str(e.value.code).startswith("error: cannot make --out-dir")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "out", "--seq-len", "1")
+    assert e.value.code == 2 and "--seq-len must be at least 2" in capsys.readouterr().err
+    book = tmp_path / "book.txt"  # one long text with one line break, near its start
+    book.write_text("Title\n" + "the cat sat on the mat and " * 2000)
+    run(tmp_path / "out", "--data", str(book), "--max-steps", "1", "--vocab-size", "300", "--seq-len", "32")
+    meta = json.load(open(tmp_path / "out" / "data.json"))
+    assert meta["val_tokens"] < meta["train_tokens"] / 20  # ~1% held out, not everything after "Title"
+    with open(tmp_path / "out" / "tok.model", "rb") as f:
+        assert f.read()  # a corpus of one 54,000-character line still trains a tokenizer (cut into pieces)
