@@ -37,9 +37,9 @@ DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt"]
 
 def checkpoint_player(path, out_dir, temperature, max_new_tokens, seed):
     """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model."""
-    model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"))
-    model.eval()
     tok = Tokenizer(os.path.join(os.path.dirname(path) or out_dir, "tok.model"))
+    model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
+    model.eval()
     gen = torch.Generator().manual_seed(seed)
     base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
 

@@ -356,9 +356,11 @@ def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **ext
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device="cpu", stages=None):
+def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     """Read a checkpoint (weights_only: no code from the file runs) and rebuild its model from model_args.
-    stages: the stage names acceptable to the caller. Returns (model, checkpoint dict)."""
+    stages: the stage names acceptable to the caller; tokenizer: the fingerprint of the tokenizer the caller
+    will use (tokenizer.Tokenizer.fingerprint), refused if the checkpoint records another. Returns
+    (model, checkpoint dict)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -370,6 +372,9 @@ def load_checkpoint(path, device="cpu", stages=None):
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if stages is not None and ckpt.get("stage") not in stages:
         raise CheckpointError(f"{path} is a '{ckpt.get('stage')}' checkpoint; expected {' or '.join(stages)}")
+    if tokenizer is not None and ckpt.get("tokenizer", tokenizer) != tokenizer:  # (older checkpoints record none)
+        raise CheckpointError(f"{path} was trained with another tokenizer (fingerprint {ckpt['tokenizer']}, not "
+                              f"{tokenizer}): use the tok.model of the run that made it")
     if ckpt.get("stage") in CHAT_STAGES and ckpt.get("chat_format", 1) != CHAT_FORMAT:
         raise CheckpointError(f"{path} was trained in chat format {ckpt.get('chat_format', 1)} and this code "
                               f"speaks format {CHAT_FORMAT} (see model.CHAT_FORMAT): re-run sft.py, then rlhf.py")

@@ -622,7 +622,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     try:
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
-        sft, sft_ckpt = load_checkpoint(init, device, stages=("sft", "rlhf"))
+        sft, sft_ckpt = load_checkpoint(init, device, stages=("sft", "rlhf"), tokenizer=tok.fingerprint)
         base_args = sft_ckpt["args"].get("base_args", {})
         world = world_lib.make_world(base_args.get("world_people", 200), base_args.get("world_seed", 1337))
         file_records = read_comparisons(args.comparisons) if args.comparisons else None
@@ -757,7 +757,8 @@ def main(argv=None):
                       "comparisons": len(records), "train_pairs": len(train_pairs), "heldout_pairs": len(val_pairs),
                       "steps": rm_steps, "source": source.split(":")[0], "wall_s": round(t_rm(), 1),
                       "by_kind": by_kind}
-        save_checkpoint(rm_path, rm, "rm", step=rm_steps, args={**vars(args), "base_args": base_args, "init": init},
+        save_checkpoint(rm_path, rm, "rm", step=rm_steps, tokenizer=tok.fingerprint,
+                        args={**vars(args), "base_args": base_args, "init": init},
                         rm_key=rm_key, reward_norm=list(reward_norm), metrics=rm_metrics)
         ceiling_text = (f"the noisy labeler itself agrees with the better answer on **{ceiling:.1%}** of these pairs "
                         f"(its ceiling: no model can predict its coin flips)" if ceiling is not None
@@ -818,8 +819,10 @@ def main(argv=None):
         """The spot check decides what rlhf.pt holds; rlhf_last.pt always has the latest (to resume)."""
         if spot is not None and spot > best["spot"]:
             best.update(step=step, spot=spot)
-            save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot)
-        save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best)
+            save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot,
+                            tokenizer=tok.fingerprint)
+        save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best,
+                        tokenizer=tok.fingerprint)
         with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -829,7 +832,7 @@ def main(argv=None):
         spot = spot_check(policy, tok, spot_items, sft_spot, args.max_new_tokens, args.seed)
         log(f"step 0: spot check, SFT against itself: {spot:.1%} (noise level of the check)")
         best.update(step=0, spot=spot)
-        save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot)
+        save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot, tokenizer=tok.fingerprint)
     buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
     t_rl, t_last, logged = common.Timer(), common.Timer(), step
     with common.GracefulStop() as stop:

@@ -185,9 +185,9 @@ def main(argv=None):
     try:
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
         if args.resume:
-            model, ckpt = load_checkpoint(ckpt_path, device, stages=("sft",))
+            model, ckpt = load_checkpoint(ckpt_path, device, stages=("sft",), tokenizer=tok.fingerprint)
         else:
-            model, ckpt = load_checkpoint(init, device, stages=("base", "sft", "rlhf"))
+            model, ckpt = load_checkpoint(init, device, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
         base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
         world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))
         base_path = (ckpt["args"].get("init") or init) if args.resume else init  # the model SFT started from
@@ -232,7 +232,8 @@ def main(argv=None):
 
     def save(step):
         if master:
-            save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args)
+            save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args,
+                            tokenizer=tok.fingerprint)
 
     def batch_rows(step):
         """The conversations of a step: epoch-wise permutations from the seed, so any step can be rebuilt."""

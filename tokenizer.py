@@ -21,6 +21,9 @@ temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; RE
 
     python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
 """
+import functools
+import hashlib
+import json
 import os
 import re
 import sys
@@ -100,6 +103,12 @@ class Tokenizer:
 
     def decode(self, ids):
         return self.sp.decode([int(i) for i in ids])
+
+    @functools.cached_property
+    def fingerprint(self):
+        """A short hash of what maps text to ids (pieces, scores, types): checkpoints record the tokenizer they
+        were trained with, so a different one of the same size is refused instead of producing garbage."""
+        return hashlib.sha256(json.dumps(self.pieces()).encode()).hexdigest()[:16]
 
     def pieces(self):
         """(piece, score, type) for every id, for exporters: what run.py needs to encode and decode."""

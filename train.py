@@ -331,10 +331,10 @@ def main(argv=None):
     start_step, ckpt = 0, None
     try:
         if args.resume:
-            model, ckpt = load_checkpoint(ckpt_path, device, stages=("base",))
+            model, ckpt = load_checkpoint(ckpt_path, device, stages=("base",), tokenizer=tok.fingerprint)
             start_step = ckpt["step"]
         elif args.init:
-            model, _ = load_checkpoint(args.init, device)
+            model, _ = load_checkpoint(args.init, device, tokenizer=tok.fingerprint)
         else:
             model = Transformer(ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                                           n_kv_heads=args.n_kv_heads, vocab_size=tok.vocab_size,
@@ -363,6 +363,7 @@ def main(argv=None):
     def save(step):
         if master:
             save_checkpoint(ckpt_path, model, "base", step=step, optimizer=optimizer, args=vars(args),
+                            tokenizer=tok.fingerprint,
                             batch_rng=batch_gen.get_state(), torch_rng=torch.get_rng_state())
 
     # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process

@@ -452,6 +452,15 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
             call_main(export, ["--ckpt", "out/base.pt", *argv])
         assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
     assert Path("out/base.pt").read_bytes() == before
+    model.save_checkpoint("out/moved.pt", net, stage="base", tokenizer="0123456789abcdef")  # another run's
+    for argv in (["--ckpt", "out/moved.pt"], ["--ckpt", "out/moved.pt", "--format", "gguf"]):
+        with pytest.raises(SystemExit) as e:
+            call_main(export, argv)
+        assert "another tokenizer" in str(e.value.code)
+    with pytest.raises(model.CheckpointError, match="another tokenizer"):
+        model.load_checkpoint("out/moved.pt", tokenizer=tok.fingerprint)
+    model.save_checkpoint("out/same.pt", net, stage="base", tokenizer=tok.fingerprint)
+    assert model.load_checkpoint("out/same.pt", tokenizer=tok.fingerprint)[1]["tokenizer"] == tok.fingerprint
     other = tiny_model(tok.vocab_size + 1)
     model.save_checkpoint("out/other.pt", other, stage="base")
     with pytest.raises(SystemExit) as e:

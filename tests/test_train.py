@@ -13,6 +13,7 @@ import torch
 
 import common
 import train
+from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--world-people", "12", "--world-seed", "7", "--dim", "32", "--n-layers", "2", "--n-heads", "4",
@@ -243,7 +244,9 @@ def test_resume_alone_continues_with_the_stopped_runs_flags(tmp_path, capsys):
     train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])  # no shape, no data flags
     out = capsys.readouterr().out
     assert "data: reusing" in out and "resuming at step 2" in out and "dim=32" in out
-    assert torch.load(tmp_path / "base.pt", weights_only=True)["args"]["batch_size"] == 3
+    saved = torch.load(tmp_path / "base.pt", weights_only=True)
+    assert saved["args"]["batch_size"] == 3
+    assert saved["tokenizer"] == Tokenizer(str(tmp_path / "tok.model")).fingerprint  # checked by every later load
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "4", "--seq-len", "128"])
     assert "longer than the checkpoint's context" in str(e.value.code)
