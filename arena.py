@@ -138,7 +138,7 @@ def ratings_with_intervals(fights, n, n_questions, rounds=200, seed=0):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="Rate models by pairwise battles judged by the simulated labeler.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=common.HelpFormatter)
     p.add_argument("contestants", nargs="*", help="checkpoints (.pt) or blobs (.bin); default: "
                    "base.pt, sft.pt, rlhf.pt, rlhf_nokl_last.pt in OUT_DIR, those that exist")
     p.add_argument("--out-dir", default="out", help="where the default contestants are and the report goes")

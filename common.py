@@ -5,6 +5,7 @@ precision, torchrun/DDP set-up, the learning-rate schedule, the one-line step lo
 
 Not a framework: plain functions, each used by at least two scripts.
 """
+import argparse
 import contextlib
 import ctypes
 import json
@@ -70,6 +71,14 @@ def add_system_args(p, dtype=True):
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                        help="autocast precision on CUDA (auto: bfloat16 on CUDA, float32 elsewhere; CPU and MPS "
                             "always train in float32)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, except where the default is None: those flags say in their own words
+    what happens without them (filled from a preset, read from a file, ...), not "(default: None)"."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=(), fractions=()):

@@ -547,7 +547,7 @@ def curve_svg(rows, best_step, title):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="RLHF: comparisons -> reward model -> policy optimisation with a "
-                                "KL leash to the SFT model.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "KL leash to the SFT model.", formatter_class=common.HelpFormatter)
     # I/O
     p.add_argument("--out-dir", default="out", help="where sft.pt and tok.model are, and everything is written")
     p.add_argument("--init", default=None, help="the SFT checkpoint: the policy's start and the frozen reference "

@@ -131,7 +131,7 @@ def sft_exam(model, base, tok, world, n_items):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="Instruction finetuning: loss on the assistant's tokens only.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=common.HelpFormatter)
     # I/O
     p.add_argument("--out-dir", default="out", help="where tok.model is, and sft.pt and the report go")
     p.add_argument("--init", default=None, help="checkpoint to finetune (default: OUT_DIR/base.pt)")

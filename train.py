@@ -206,9 +206,13 @@ def dream(model, tok, n, max_new_tokens, seed):
 RUN_CONTROL = ("resume", "init", "out_dir", "device", "dtype", "threads", "compile", "bench", "log_interval")
 
 
+def preset_help(text, key):
+    return f"{text} (default: the preset's; world {PRESETS['world'][key]}, stories15m {PRESETS['stories15m'][key]})"
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="Pretrain the Transformer by next-token prediction.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=common.HelpFormatter)
     # I/O
     p.add_argument("--out-dir", default="out", help="where the tokenizer, token files, checkpoint and report go")
     p.add_argument("--data", default=None, help="text file, directory, TinyStories .json shards or .txt; "
@@ -219,20 +223,20 @@ def get_args(argv=None):
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (a fresh run otherwise)")
     # model (None: the preset's value)
     p.add_argument("--preset", default="world", choices=sorted(PRESETS), help="model shape and schedule")
-    p.add_argument("--dim", type=int, help="model width")
-    p.add_argument("--n-layers", type=int, help="number of Transformer blocks")
-    p.add_argument("--n-heads", type=int, help="attention heads")
-    p.add_argument("--n-kv-heads", type=int, help="key/value heads (fewer than n-heads: grouped-query)")
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size to train")
-    p.add_argument("--seq-len", type=int, help="context length (max_seq_len)")
+    p.add_argument("--dim", type=int, help=preset_help("model width", "dim"))
+    p.add_argument("--n-layers", type=int, help=preset_help("number of Transformer blocks", "n_layers"))
+    p.add_argument("--n-heads", type=int, help=preset_help("attention heads", "n_heads"))
+    p.add_argument("--n-kv-heads", type=int, help=preset_help("key/value heads (fewer than n-heads: grouped-query)", "n_kv_heads"))
+    p.add_argument("--vocab-size", type=int, help=preset_help("BPE vocabulary size to train", "vocab_size"))
+    p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len)", "seq_len"))
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     # optimisation
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (split over processes)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, help=preset_help("sequences per micro-batch", "batch_size"))
+    p.add_argument("--grad-accum", type=int, help=preset_help("micro-batches per optimizer step (split over processes)", "grad_accum"))
+    p.add_argument("--max-steps", type=int, help=preset_help("optimizer steps", "max_steps"))
+    p.add_argument("--lr", type=float, help=preset_help("peak learning rate", "lr"))
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak")
-    p.add_argument("--warmup", type=int, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, help=preset_help("linear warmup steps", "warmup"))
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on 2-D weights")
     p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
