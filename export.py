@@ -72,17 +72,15 @@ def check_out_path(out, inputs):
 
 def load(ckpt_path, tok_path):
     """(model, stage, step, tokenizer) of a generating checkpoint, with its tokenizer checked against it."""
-    net, ckpt = model.load_checkpoint(ckpt_path)
-    stage, tok = ckpt.get("stage"), tokenizer.Tokenizer(tok_path)
+    tok = tokenizer.Tokenizer(tok_path)
+    net, ckpt = model.load_checkpoint(ckpt_path, tokenizer=tok.fingerprint)  # same size, other pieces: refused
+    stage = ckpt.get("stage")
     if net.args.reward_head or stage == "rm":
         raise model.CheckpointError(f"{ckpt_path} is a reward model (stage '{stage}', with a reward head): it scores "
                                     "text but does not generate it, so there is nothing to export; export the policy "
                                     "(out/rlhf.pt) or another stage's checkpoint instead")
     if stage not in STAGES:
         raise model.CheckpointError(f"{ckpt_path} is a '{stage}' checkpoint; expected {' or '.join(STAGES)}")
-    if ckpt.get("tokenizer", tok.fingerprint) != tok.fingerprint:  # same size, other pieces: garbage out
-        raise model.CheckpointError(f"{ckpt_path} was trained with another tokenizer than {tok_path}: pass the "
-                                    "tok.model of the run that made it (--tokenizer)")
     if tok.vocab_size != net.args.vocab_size:
         raise ValueError(f"the model's vocab ({net.args.vocab_size}) is not the tokenizer's ({tok.vocab_size} in "
                          f"{tok_path}): pass the tokenizer the model was trained with (--tokenizer)")
