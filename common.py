@@ -199,6 +199,21 @@ class GracefulStop:
         self.aborted = kind is KeyboardInterrupt
         return self.aborted  # the KeyboardInterrupt ends here
 
+    def exit_if_stopped(self, step, finished, save, path, log, ddp=None, resume="--resume"):
+        """After the loop: if Ctrl-C ended it (not `finished`), exit with status 130, saving the step boundary
+        it stopped at with save(), or nothing after a second Ctrl-C. Under torchrun every process gets here at
+        the same step (the loop's condition is Dist.any of the request)."""
+        if finished and not self.aborted:
+            return
+        if self.aborted:
+            log(f"stopped without saving: {path} holds the last checkpoint")
+        else:
+            save()
+            log(f"stopped at step {step}: saved {path}; continue with {resume}")
+        if ddp is not None:
+            ddp.close(interrupted=self.aborted)
+        sys.exit(130)
+
 
 def get_batch(data, batch_size, seq_len, generator):
     """batch_size random windows of seq_len + 1 tokens of a flat token array (train.bin) -> inputs x and
@@ -239,7 +254,8 @@ def resumed_args(parser, argv, args, ckpt_path, run_control):
     given on this command line and the run-control flags (device, threads, ...) that may differ between runs.
     Without this, `--resume` alone fell back to the defaults: another shape, batch size or schedule."""
     try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("args") or {}
+        # mmap: the weights stay on disk (main() loads them once, later); only the small args dict is read
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
     except Exception:  # no or no readable checkpoint: load_checkpoint reports it in a moment
         return args
     dests = {opt: action.dest for action in parser._actions for opt in action.option_strings}

@@ -884,13 +884,8 @@ def main(argv=None):
             if step % args.sample_interval == 0:
                 for it, (_, t, e) in list(zip([it for it in items for _ in range(args.samples)], batch["answers"]))[:4:2]:
                     log(f"  sample | {it['question']} -> {t!r}{'' if e else ' [not ended]'}")
-    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoints stay as they were
-        log(f"stopped without saving: {last_path} holds the last checkpoint")
-        sys.exit(130)
-    if step < args.steps:  # Ctrl-C: stopped between two steps
-        checkpoint(None)
-        log(f"stopped at step {step}: saved {last_path}; continue with --resume{' --tag ' + args.tag if args.tag else ''}")
-        sys.exit(130)
+    stop.exit_if_stopped(step, step >= args.steps, lambda: checkpoint(None), last_path, log,
+                         resume="--resume" + (f" --tag {args.tag}" if args.tag else ""))
     rl_s = t_rl()
     if not rows:
         common.fail(f"nothing to report: the run already has {step} of --steps {args.steps} steps")

@@ -185,6 +185,7 @@ class Tokenizer:
         self.pieces, self.types = t["pieces"], t["types"]
         self.unk_id, self.bos_id, self.eos_id = t["unk_id"], t["bos_id"], t["eos_id"]
         self.role_ids, self.end_id = chat["role_ids"], chat["end_id"]
+        self.markers = {self.end_id, *self.role_ids.values()}  # the chat template's structure, never text
         self.content_prefix = chat.get("content_prefix", "")  # absent from version-1 blobs, which had none
         # merges may form normal and user-defined pieces; control, unknown and byte pieces are never merged
         # into (sentencepiece keeps them in a separate table). UNUSED pieces (which sentencepiece forms and
@@ -514,16 +515,15 @@ def chat(model, tok, args, sample, stats):
         if interactive:
             print("assistant> ", end="", file=sys.stderr, flush=True)
         out, reply = Printer(tok, skip=tok.content_prefix), []
-        # markers are structure, not text: one the model writes mid-answer is neither shown nor kept (the
-        # history is text, and Tokenizer.encode would spell it out), as llama.cpp leaves out control tokens
-        markers = {tok.end_id, *tok.role_ids.values()}
+        # a marker the model writes mid-answer is neither shown nor kept (the history is text, and
+        # Tokenizer.encode would spell it out), as llama.cpp leaves out control tokens
         for t in stats.timed(generate(model, ids, n_cached, args.max_new_tokens, sample, tok.end_id)):
             reply.append(t)
-            out.write([] if t in markers else [t])
+            out.write([] if t in tok.markers else [t])
         out.write([], final=True)
         print()
         cached = ids + reply[:-1]  # the last sampled token was never fed through the model
-        text = tok.decode([t for t in reply if t not in markers]).removeprefix(tok.content_prefix)
+        text = tok.decode([t for t in reply if t not in tok.markers]).removeprefix(tok.content_prefix)
         messages = kept + [{"role": "assistant", "content": text}]
     return messages
 

@@ -274,15 +274,7 @@ def main(argv=None):
                 if master and val:
                     log(f"step {step}: val loss {eval_loss(model, val, args.batch_size, device):.3f}", flush=True)
                 save(step)
-    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoint stays as it was
-        log(f"stopped without saving: {ckpt_path} holds the last checkpoint")
-        ddp.close(interrupted=True)
-        sys.exit(130)
-    if step < max_steps:  # a Ctrl-C on any process stopped all of them here, between two steps
-        save(step)
-        log(f"stopped at step {step}: saved {ckpt_path}; continue with --resume")
-        ddp.close()
-        sys.exit(130)
+    stop.exit_if_stopped(step, step >= max_steps, lambda: save(step), ckpt_path, log, ddp)
     train_s = timer()
     ddp.close()
     if not master:

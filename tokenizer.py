@@ -98,8 +98,8 @@ class Tokenizer:
     def encode_batch(self, texts):
         """list of str -> list of lists of ids; sentencepiece runs the batch in C++ threads."""
         texts = list(texts)
-        out = self.sp.encode(texts, num_threads=os.cpu_count() or 1)
-        return [self.encode(t) if "<|" in t else ids for t, ids in zip(texts, out)]
+        plain = iter(self.sp.encode([t for t in texts if "<|" not in t], num_threads=os.cpu_count() or 1))
+        return [self.encode(t) if "<|" in t else next(plain) for t in texts]  # a text with a marker: one by one
 
     def decode(self, ids):
         return self.sp.decode([int(i) for i in ids])

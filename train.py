@@ -45,12 +45,18 @@ PRESETS = {
 # ----------------------------------------------------------------------------------------------------------
 # data
 
+def data_files(path):
+    """The files --data names: itself, or the .txt, .json and .jsonl files in the directory, in order."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                  if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl")))
+
+
 def data_files_stamp(path):
     """(name, size, mtime) of every file read_documents reads: prepared data is reused only if none changed."""
-    files = [path] if os.path.isfile(path) else sorted(
-        f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.endswith((".txt", ".json", ".jsonl")))
     return [[os.path.relpath(f, path) if f != path else "", os.path.getsize(f), int(os.path.getmtime(f))]
-            for f in files if os.path.isfile(f)]
+            for f in data_files(path) if os.path.isfile(f)]
 
 
 def read_documents(path):
@@ -58,8 +64,7 @@ def read_documents(path):
     jsonl ({"text"} or {"story"} per line), or TinyStories txt (stories separated by <|endoftext|>)."""
     if not os.path.exists(path):
         raise ValueError(f"--data {path} does not exist")
-    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                   if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl"))) if os.path.isdir(path) else [path]
+    files = data_files(path)
     if not files:
         raise ValueError(f"--data {path} has no .txt, .json or .jsonl files")
     docs = []
@@ -415,15 +420,7 @@ def main(argv=None):
                     log(f"step {step}: not saved, the val loss is {val_loss}")
                 else:
                     save(step)
-    if stop.aborted:  # a second Ctrl-C: out at once, the last checkpoint stays as it was
-        log(f"stopped without saving: {ckpt_path} holds the last checkpoint")
-        ddp.close(interrupted=True)
-        sys.exit(130)
-    if step < args.max_steps:  # a Ctrl-C on any process stopped all of them here, between two steps
-        save(step)
-        log(f"stopped at step {step}: saved {ckpt_path}; continue with --resume")
-        ddp.close()
-        sys.exit(130)
+    stop.exit_if_stopped(step, step >= args.max_steps, lambda: save(step), ckpt_path, log, ddp)
     train_s = timer()
     ddp.close()
     if not master:
