@@ -217,8 +217,8 @@ class GracefulStop:
 
 def get_batch(data, batch_size, seq_len, generator):
     """batch_size random windows of seq_len + 1 tokens of a flat token array (train.bin) -> inputs x and
-    targets y, each (B, T)."""
-    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator).tolist()
+    targets y, each (B, T). A window may start at 0 .. len(data) - seq_len - 1, so the last token is a target too."""
+    ix = torch.randint(len(data) - seq_len, (batch_size,), generator=generator).tolist()
     xy = torch.from_numpy(np.stack([data[i:i + seq_len + 1].astype(np.int64) for i in ix]))  # (B, T+1)
     return xy[:, :-1], xy[:, 1:]
 

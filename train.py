@@ -163,7 +163,7 @@ def estimate_loss(model, data, batch_size, seq_len, batches, device, ctx, seed=0
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(batches):
-        x, y = common.get_batch(data, batch_size, min(seq_len, len(data) - 2), gen)
+        x, y = common.get_batch(data, batch_size, min(seq_len, len(data) - 1), gen)
         with ctx:
             losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
     model.train()
@@ -332,7 +332,7 @@ def main(argv=None):
         common.fail(e)
     train_data = np.memmap(os.path.join(args.out_dir, "train.bin"), dtype=np.uint16, mode="r")
     val_data = np.memmap(os.path.join(args.out_dir, "val.bin"), dtype=np.uint16, mode="r")
-    if len(train_data) <= args.seq_len + 1:
+    if len(train_data) <= args.seq_len:
         common.fail(f"only {len(train_data)} training tokens: fewer than one window of --seq-len {args.seq_len}")
 
     # model, optimizer; from a checkpoint when resuming

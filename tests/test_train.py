@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,15 @@ def test_loss_falls_and_report_is_written(tmp_path, capsys):
     assert {"val_loss", "fact_recall", "qa_framed", "wall_s"} <= set(report)
     assert 0 <= report["fact_recall"] <= 1 and report["val_loss"] < 6.4
     assert "## Pretraining" in open(tmp_path / "report.md").read()
+
+
+def test_batches_cover_every_window_and_the_last_token():
+    data = np.arange(10, dtype=np.uint16)
+    x, y = common.get_batch(data, 400, 3, torch.Generator().manual_seed(0))
+    assert (y == x + 1).all()  # targets are the inputs shifted by one
+    assert sorted(set(x[:, 0].tolist())) == list(range(7))  # every start 0..6, so token 9 is a target too
+    x, y = common.get_batch(data[:4], 2, 3, torch.Generator().manual_seed(0))  # exactly one window
+    assert x.tolist() == [[0, 1, 2]] * 2 and y.tolist() == [[1, 2, 3]] * 2
 
 
 @pytest.mark.parametrize("at_call", [4, 7])  # Ctrl-C during the val loss after step 3, or while drawing step 5's batch
