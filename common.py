@@ -74,11 +74,11 @@ def add_system_args(p, dtype=True):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default, except where the default is None: those flags say in their own words
-    what happens without them (filled from a preset, read from a file, ...), not "(default: None)"."""
+    """--help with each flag's default, except where the default is None or "": those flags say in their own
+    words what happens without them (filled from a preset, read from a file, no tag), not "(default: None)"."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        return action.help if action.default in (None, "") else super()._get_help_string(action)
 
 
 def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_1=(), fractions=()):

@@ -64,3 +64,11 @@ def test_pipeline_end_to_end(tmp_path):
                           input="Where does somebody live?\n", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() and "tok/s" in proc.stderr
+
+
+@pytest.mark.parametrize("script", [train, sft, rlhf, arena, export])
+def test_help_shows_defaults_but_never_an_empty_one(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: " in text and "(default: None)" not in text and "(default: )" not in text
