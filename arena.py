@@ -27,9 +27,9 @@ import world as world_lib
 from model import CheckpointError, generate_many, load_checkpoint
 from tokenizer import Tokenizer
 
-# the unleashed run's last policy (rlhf.py --kl-coef 0 --tag nokl), not its early-stopped best: the arena
-# should show what optimising the reward model without a leash ends in
-DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt"]
+# the unleashed runs' last policies (rlhf.py --kl-coef 0 --tag nokl, and the hacking demo --tag hack), not their
+# early-stopped best: the arena should show what optimising the reward model without a leash ends in
+DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt", "rlhf_hack_last.pt"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -56,9 +56,13 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - Tiny everything: one process, prompts from the built-in world, answers of at most --max-new-tokens tokens.
 
 Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
-rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, report section rlhf_T)
+rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, report section rlhf_T, and
+rm_T.pt with report section rm_T when the run's RM settings differ from rm.pt's)
     python rlhf.py                                  # simulated labeler, RM, RL, exam: a few minutes on 2 CPU cores
-    python rlhf.py --kl-coef 0 --steps 600 --tag nokl   # reward hacking on purpose (reuses rm.pt)
+    python rlhf.py --rm-likelihood 0 --rm-lr 1e-3 --kl-coef 0 --steps 300 --tag hack
+                                                    # reward hacking on purpose: InstructGPT's RM (the head alone),
+                                                    # no leash; its own rm_hack.pt
+    python rlhf.py --kl-coef 0 --steps 600 --tag nokl   # the default RM (reuses rm.pt) without the leash
     python rlhf.py --label                          # be the labeler yourself (q saves and quits; run again to go on)
     python rlhf.py --comparisons my_pairs.jsonl     # comparisons from a file
 """
@@ -553,7 +557,8 @@ def get_args(argv=None):
     p.add_argument("--init", default=None, help="the SFT checkpoint: the policy's start and the frozen reference "
                    "(default: OUT_DIR/sft.pt)")
     p.add_argument("--tag", default="", help="name this RL run: writes rlhf_TAG.pt, rl_curve_TAG.* and report "
-                   "section rlhf_TAG (the comparisons and rm.pt are shared)")
+                   "section rlhf_TAG (the comparisons are shared; so is rm.pt unless the RM settings differ, "
+                   "then the run keeps its own rm_TAG.pt)")
     p.add_argument("--resume", action="store_true", help="continue the RL run from OUT_DIR/rlhf[_TAG]_last.pt")
     # comparisons
     p.add_argument("--comparisons", default=None, help="JSONL of {\"prompt\", \"chosen\", \"rejected\"} to train "
@@ -610,13 +615,17 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
     device, _ = common.start(args)
     timer = common.Timer()
     log = print
     init = args.init or os.path.join(args.out_dir, "sft.pt")
     suffix = f"_{args.tag}" if args.tag else ""
     stage = f"rlhf{suffix}"
-    rm_path, cmp_path = os.path.join(args.out_dir, "rm.pt"), os.path.join(args.out_dir, "comparisons.jsonl")
+    cmp_path = os.path.join(args.out_dir, "comparisons.jsonl")
+    # a tagged run uses rm.pt when it matches its settings, else keeps its own RM beside it: an experiment with
+    # another RM (e.g. --rm-likelihood 0 --tag hack) leaves the main run's rm.pt and report section as they were
+    rm_paths = [os.path.join(args.out_dir, name) for name in ["rm.pt"] + ([f"rm{suffix}.pt"] if args.tag else [])]
     best_path, last_path = os.path.join(args.out_dir, f"{stage}.pt"), os.path.join(args.out_dir, f"{stage}_last.pt")
     curve_path, svg_path = (os.path.join(args.out_dir, f"rl_curve{suffix}.{ext}") for ext in ("jsonl", "svg"))
     torch.manual_seed(args.seed)
@@ -675,16 +684,18 @@ def main(argv=None):
         source = f"simulated:{args.n_comparisons}x{args.answers_per_prompt}:{args.max_new_tokens}:{args.seed}"
     rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
               "rm_likelihood": args.rm_likelihood, "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
-    rm = None
-    if os.path.exists(rm_path) and not args.retrain_rm:
-        try:
-            rm, rm_ckpt = load_checkpoint(rm_path, device, stages=("rm",))
-        except CheckpointError as e:
-            common.fail(f"{e} (use --retrain-rm to replace it)")
-        if rm_ckpt.get("rm_key") != rm_key:
-            rm = None
-        else:
-            log(f"reward model: reusing {rm_path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
+    rm, rm_path = None, rm_paths[-1]  # where a new RM is saved
+    for path in rm_paths:
+        if rm is None and os.path.exists(path) and not args.retrain_rm:
+            try:
+                rm, rm_ckpt = load_checkpoint(path, device, stages=("rm",))
+            except CheckpointError as e:
+                common.fail(f"{e} (use --retrain-rm to replace it)")
+            if rm_ckpt.get("rm_key") != rm_key:
+                rm = None
+            else:
+                rm_path = path
+                log(f"reward model: reusing {path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
     if rm is None:
         t_rm = common.Timer()
         human_file = False
@@ -763,7 +774,8 @@ def main(argv=None):
         ceiling_text = (f"the noisy labeler itself agrees with the better answer on **{ceiling:.1%}** of these pairs "
                         f"(its ceiling: no model can predict its coin flips)" if ceiling is not None
                         else "the labeler's own ceiling is unknown for this source")
-        lines = ["## Reward model (`python rlhf.py`)", "",
+        rm_stage = "rm" + (suffix if rm_path != rm_paths[0] else "")
+        lines = [f"## Reward model `{os.path.basename(rm_path)}` (`{command}`)", "",
                  f"{len(records)} comparisons ({source.split(':')[0]} labeler) of SFT answers, "
                  f"{args.answers_per_prompt} per prompt; Bradley-Terry loss, {rm_steps} steps from the SFT weights; "
                  f"score = head at the last token + {args.rm_likelihood:g} x the answer's mean log-probability.",
@@ -779,7 +791,7 @@ def main(argv=None):
                       common.md_table(["pair", "n", "reward model", "SFT likelihood (untrained)", "labeler ceiling"],
                                       [[k, v["pairs"], f"{v['accuracy']:.1%}", f"{v['sft_likelihood']:.1%}",
                                         f"{v['labeler_ceiling']:.1%}"] for k, v in by_kind.items()])]
-        common.update_report(args.out_dir, "rm", rm_metrics, "\n".join(lines))
+        common.update_report(args.out_dir, rm_stage, rm_metrics, "\n".join(lines))
         log(f"reward model: held-out accuracy {accuracy:.1%}" + (f" | labeler ceiling {ceiling:.1%}" if ceiling else "")
             + (f" | vs gold order {gold_acc:.1%}" if gold_acc is not None else "")
             + f" | SFT likelihood, untrained, {likelihood_acc:.1%} | saved {rm_path}")
@@ -950,7 +962,6 @@ def main(argv=None):
                    proxy_rising_at_end=proxy_s[-1] > proxy_s[max(0, len(rows) - 1 - 2 * w)],
                    exploited=exploited if hacked else [], hacked=hacked)
     metrics["wall_s"] = round(timer(), 1)
-    command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
     title = f"## RLHF{f' run `{args.tag}`' if args.tag else ''} (`{command}`)"
     lines = [title, "",
              f"REINFORCE with a leave-one-out baseline ({args.samples} answers per prompt), reward = RM score - "
@@ -987,7 +998,8 @@ def main(argv=None):
         lines.append(f"No clear over-optimisation in this run: gold at the end is {end['gold']:+.2f} against its peak "
                      f"{top['gold']:+.2f} ({drop:.0%} below), proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}. "
                      "(Over-optimisation is called when gold falls at least 15% below its peak while the proxy "
-                     "gains at least 0.1 more; try --kl-coef 0 and more --steps.)")
+                     "gains at least 0.1 more; try --kl-coef 0, more --steps, or --rm-likelihood 0: the head alone, "
+                     "InstructGPT's RM, is easier to hack.)")
     lines += ["", "Sample answers of the kept policy and of SFT (held-out prompts, temperature 1):", "",
               common.md_table(["question", "SFT", "gold", "RLHF", "gold"],
                               [[it["question"], s_t, f"{sg:+.1f}", r_t, f"{rg:+.1f}"] for it, (_, s_t, _), (_, r_t, _), sg, rg

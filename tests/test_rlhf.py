@@ -287,3 +287,14 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     report = json.load(open(out_dir / "report.json"))
     assert "rlhf_nokl" in report and "rlhf" in report
     assert open(out_dir / "report.md").read().count("## Reward model") == 1
+    # a tagged run with another RM keeps its own (rm_head.pt, report section rm_head), and rm.pt stays as it was
+    main_rm, main_section = (out_dir / "rm.pt").read_bytes(), report["rm"]
+    head = run + ["--tag", "head", "--rm-likelihood", "0", "--steps", "2"]
+    rlhf.main(head)
+    assert (out_dir / "rm.pt").read_bytes() == main_rm and os.path.exists(out_dir / "rm_head.pt")
+    report = json.load(open(out_dir / "report.json"))
+    assert report["rm"] == main_section and "rm_head" in report
+    assert open(out_dir / "report.md").read().count("## Reward model") == 2
+    capsys.readouterr()
+    rlhf.main(head)
+    assert f"reusing {out_dir / 'rm_head.pt'}" in capsys.readouterr().out
