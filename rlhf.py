@@ -734,6 +734,7 @@ def main(argv=None):
             if human_file:
                 common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
             write_comparisons(cmp_path, records)  # after every check: a failed run leaves the old file as it was
+        torch.manual_seed(args.seed)  # the head's initial weights, whatever checkpoints were built before
         rm = reward_model_from(sft, args.rm_likelihood)
         log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
             f"before training the held-out accuracy is {pairwise_accuracy(*pair_scores(rm, val_pairs)):.1%}")

@@ -298,3 +298,9 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     capsys.readouterr()
     rlhf.main(head)
     assert f"reusing {out_dir / 'rm_head.pt'}" in capsys.readouterr().out
+    # the same RM whether or not another rm.pt was there to be read first (building it draws random weights)
+    first = torch.load(out_dir / "rm_head.pt", weights_only=True)["model"]
+    os.remove(out_dir / "rm.pt")
+    rlhf.main(head + ["--retrain-rm"])
+    again = torch.load(out_dir / "rm_head.pt", weights_only=True)["model"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
