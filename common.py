@@ -317,10 +317,16 @@ def update_report(out_dir, stage, metrics, markdown):
         f.write(json.dumps(report, indent=1) + "\n")
     sections = _read_sections(os.path.join(out_dir, "report.md"))
     sections[stage] = markdown.strip()
-    order = sorted(sections, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+    order = sorted(sections, key=_section_key)
     text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
     with atomic_open(os.path.join(out_dir, "report.md")) as f:
         f.write(text + "\n")
+
+
+def _section_key(stage):
+    """The main job's sections in pipeline order, then each tagged run's (rm_TAG before rlhf_TAG), by tag."""
+    base, _, tag = stage.partition("_")
+    return bool(tag), tag, STAGE_ORDER.index(base) if base in STAGE_ORDER else len(STAGE_ORDER), stage
 
 
 def _read_sections(md_path):

@@ -295,6 +295,8 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     report = json.load(open(out_dir / "report.json"))
     assert report["rm"] == main_section and "rm_head" in report
     assert open(out_dir / "report.md").read().count("## Reward model") == 2
+    sections = re.findall(r"<!-- stage: (\S+) -->", open(out_dir / "report.md").read())
+    assert sections == ["rm", "rlhf", "rm_head", "rlhf_head", "rlhf_nokl"]  # a tagged run's RM, then its RL
     capsys.readouterr()
     rlhf.main(head)
     assert f"reusing {out_dir / 'rm_head.pt'}" in capsys.readouterr().out
