@@ -293,6 +293,14 @@ def run_main(main):
     except KeyboardInterrupt:
         print("\ninterrupted: the files already written are whole; the work under way was dropped", file=sys.stderr)
         sys.exit(130)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, leave without the interpreter's teardown. DDP keeps the gloo process group alive past
+        # destroy_process_group (its three threads still run after it, measured with torch 2.13), and tearing it
+        # down at exit killed a rank with "terminate called without an active exception" in 4 of 40 runs of a
+        # 2-process script here, 0 of 40 with this exit. Every file is closed by now; only the streams need it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class Timer:
