@@ -169,7 +169,7 @@ class Dist:
     def close(self, interrupted=False):
         """Leave the process group, together: a rank that tore gloo down while the master was still saving the
         last checkpoint died of std::terminate in 7 of 23 runs here. After Ctrl-C the ranks may stand anywhere,
-        so they do not wait for each other."""
+        so they do not wait for each other. With DDP the group's threads outlive this call: see run_main's exit."""
         if self.enabled:
             if not interrupted:
                 dist.barrier()
