@@ -559,7 +559,8 @@ def get_args(argv=None):
     p.add_argument("--tag", default="", help="name this RL run: writes rlhf_TAG.pt, rl_curve_TAG.* and report "
                    "section rlhf_TAG (the comparisons are shared; so is rm.pt unless the RM settings differ, "
                    "then the run keeps its own rm_TAG.pt)")
-    p.add_argument("--resume", action="store_true", help="continue the RL run from OUT_DIR/rlhf[_TAG]_last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the RL run from OUT_DIR/rlhf[_TAG]_last.pt, "
+                   "with its flags unless given again (e.g. a larger --steps)")
     # comparisons
     p.add_argument("--comparisons", default=None, help="JSONL of {\"prompt\", \"chosen\", \"rejected\"} to train "
                    "the RM on (default: the simulated labeler)")
@@ -597,6 +598,10 @@ def get_args(argv=None):
     common.add_system_args(p, dtype=False)
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
+    if args.resume:  # the stopped run's flags unless given again, as train.py does (its RM, its leash, ...)
+        last = os.path.join(args.out_dir, f"rlhf{'_' + args.tag if args.tag else ''}_last.pt")
+        args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args, last,
+                                   ("resume", "out_dir", "tag", "device", "threads", "log_interval", "retrain_rm"))
     common.check_ranges(p, args, at_least_1=("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps",
                                              "prompts_per_step", "ppo_epochs", "max_new_tokens", "eval_interval",
                                              "spot_prompts", "eval_prompts", "log_interval", "sample_interval"),

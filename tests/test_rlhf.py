@@ -306,3 +306,8 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     rlhf.main(head + ["--retrain-rm"])
     again = torch.load(out_dir / "rm_head.pt", weights_only=True)["model"]
     assert all(torch.equal(first[k], again[k]) for k in first)
+    # --resume alone continues with the stopped run's flags: its own RM (rm_head.pt), its curve
+    capsys.readouterr()
+    rlhf.main(["--out-dir", str(out_dir), "--tag", "head", "--resume", "--steps", "4"])
+    assert f"reusing {out_dir / 'rm_head.pt'}" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in open(out_dir / "rl_curve_head.jsonl")] == [1, 2, 3, 4]
