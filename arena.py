@@ -140,7 +140,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description="Rate models by pairwise battles judged by the simulated labeler.",
                                 formatter_class=common.HelpFormatter)
     p.add_argument("contestants", nargs="*", help="checkpoints (.pt) or blobs (.bin); default: "
-                   "base.pt, sft.pt, rlhf.pt, rlhf_nokl_last.pt in OUT_DIR, those that exist")
+                   f"{', '.join(DEFAULT_CONTESTANTS)} in OUT_DIR, those that exist")
     p.add_argument("--out-dir", default="out", help="where the default contestants are and the report goes")
     p.add_argument("--questions", type=int, default=150, help="held-out questions every contestant answers")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every contestant")

@@ -549,6 +549,11 @@ def curve_svg(rows, best_step, title):
 
 # ----------------------------------------------------------------------------------------------------------
 
+def run_name(tag):
+    """The RL run's name, in its file names and report section: rlhf, or rlhf_TAG."""
+    return f"rlhf_{tag}" if tag else "rlhf"
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description="RLHF: comparisons -> reward model -> policy optimisation with a "
                                 "KL leash to the SFT model.", formatter_class=common.HelpFormatter)
@@ -599,7 +604,7 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
     if args.resume:  # the stopped run's flags unless given again, as train.py does (its RM, its leash, ...)
-        last = os.path.join(args.out_dir, f"rlhf{'_' + args.tag if args.tag else ''}_last.pt")
+        last = os.path.join(args.out_dir, f"{run_name(args.tag)}_last.pt")
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args, last,
                                    ("resume", "out_dir", "tag", "device", "threads", "log_interval", "retrain_rm"))
     common.check_ranges(p, args, at_least_1=("n_comparisons", "answers_per_prompt", "rm_batch_size", "steps",
@@ -626,7 +631,7 @@ def main(argv=None):
     log = print
     init = args.init or os.path.join(args.out_dir, "sft.pt")
     suffix = f"_{args.tag}" if args.tag else ""
-    stage = f"rlhf{suffix}"
+    stage = run_name(args.tag)
     cmp_path = os.path.join(args.out_dir, "comparisons.jsonl")
     # a tagged run uses rm.pt when it matches its settings, else keeps its own RM beside it: an experiment with
     # another RM (e.g. --rm-likelihood 0 --tag hack) leaves the main run's rm.pt and report section as they were
@@ -690,17 +695,15 @@ def main(argv=None):
     rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
               "rm_likelihood": args.rm_likelihood, "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
     rm, rm_path = None, rm_paths[-1]  # where a new RM is saved
-    for path in rm_paths:
-        if rm is None and os.path.exists(path) and not args.retrain_rm:
-            try:
-                rm, rm_ckpt = load_checkpoint(path, device, stages=("rm",))
-            except CheckpointError as e:
-                common.fail(f"{e} (use --retrain-rm to replace it)")
-            if rm_ckpt.get("rm_key") != rm_key:
-                rm = None
-            else:
-                rm_path = path
-                log(f"reward model: reusing {path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
+    for path in [] if args.retrain_rm else [p for p in rm_paths if os.path.exists(p)]:
+        try:
+            candidate, candidate_ckpt = load_checkpoint(path, device, stages=("rm",))  # stale: retrained, by key
+        except CheckpointError as e:
+            common.fail(f"{e} (use --retrain-rm to replace it)")
+        if candidate_ckpt.get("rm_key") == rm_key:
+            rm, rm_ckpt, rm_path = candidate, candidate_ckpt, path
+            log(f"reward model: reusing {path} (same SFT model, comparisons and settings; --retrain-rm to redo)")
+            break
     if rm is None:
         t_rm = common.Timer()
         human_file = False
