@@ -249,6 +249,21 @@ def fail(message):
     sys.exit(f"error: {message}")
 
 
+def stop_if_diverged(loss, model, step, path, ddp=None):
+    """Called after each optimizer step: a nan or inf loss, or weights the step made nan or inf (a finite loss
+    can still overflow them), stop the run before they reach `path`, the run's checkpoint, or the next batch's
+    sampling: one line naming the step (under torchrun every rank stops, at the same step)."""
+    diverged = not (math.isfinite(loss) and torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if ddp is not None:
+        if not ddp.any(diverged):
+            return
+        ddp.close(interrupted=True)
+    elif not diverged:
+        return
+    fail(f"the loss is nan or inf at step {step}: training diverged (try a lower learning rate); nothing after "
+         f"it is saved{f', {path} keeps the last checkpoint saved before it' if path and os.path.exists(path) else ''}")
+
+
 def resumed_args(parser, argv, args, ckpt_path, run_control):
     """args for --resume: every flag the stopped run was started with (its checkpoint's args), except the flags
     given on this command line and the run-control flags (device, threads, ...) that may differ between runs.

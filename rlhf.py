@@ -370,6 +370,7 @@ def train_reward_model(rm, train_pairs, args, log):
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        common.stop_if_diverged(loss.item(), rm, f"{step + 1} of the reward model", None)
         every = max(1, max_steps // 4)  # four log lines (the held-out accuracy, a pass over many pairs, comes after)
         if (step + 1) % every == 0 or step + 1 == max_steps:
             dt, logged = t_last() / (step + 1 - logged), step + 1
@@ -881,6 +882,7 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                common.stop_if_diverged(loss.item(), policy, step + 1, last_path)
             step += 1
             stats, last_answers = answer_stats(batch["answers"]), batch["answers"]
             correct = sum(world_lib.grade(it, t) for it, (_, t, _) in

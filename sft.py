@@ -17,6 +17,7 @@ Reads: out/base.pt, out/tok.model, --data (JSONL chats) or the world     Writes:
 """
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -263,6 +264,7 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            common.stop_if_diverged(loss.item(), model, step + 1, ckpt_path, ddp)
             step += 1
             if step % args.log_interval == 0 or step == max_steps:
                 dt, logged = t_last() / (step - logged), step
@@ -271,9 +273,13 @@ def main(argv=None):
                                      f" | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
                 t_last = common.Timer()
             if step % args.eval_interval == 0 or step == max_steps:
-                if master and val:
-                    log(f"step {step}: val loss {eval_loss(model, val, args.batch_size, device):.3f}", flush=True)
-                save(step)
+                val_loss = eval_loss(model, val, args.batch_size, device) if master and val else 0.0
+                if val:
+                    log(f"step {step}: val loss {val_loss:.3f}", flush=True)
+                if math.isfinite(val_loss):
+                    save(step)
+                else:  # never write nan weights over a good checkpoint
+                    log(f"step {step}: not saved, the val loss is {val_loss}")
     stop.exit_if_stopped(step, step >= max_steps, lambda: save(step), ckpt_path, log, ddp)
     train_s = timer()
     ddp.close()

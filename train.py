@@ -394,14 +394,11 @@ def main(argv=None):
                     loss = lm_loss(train_model(x[rows].to(device)), y[rows].to(device)) / micro_per_rank
                 loss.backward()
                 loss_sum += loss.item()
-            if ddp.any(not math.isfinite(loss_sum)):  # diverged: stop before the nan reaches the weights
-                ddp.close(interrupted=True)
-                common.fail(f"the loss is {loss_sum} at step {step + 1}: training diverged (try a lower --lr); "
-                            f"{ckpt_path} keeps the last checkpoint saved before it")
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            common.stop_if_diverged(loss_sum, model, step + 1, ckpt_path, ddp)
             step += 1
             if step % args.log_interval == 0 or step == args.max_steps or step == start_step + 1:
                 loss_avg = ddp.mean(loss_sum)

@@ -260,6 +260,20 @@ def test_malformed_comparison_files_are_reported_by_line(out_dir, line, why):
     assert not os.path.exists(out_dir / "rm.pt") and not os.path.exists(out_dir / "comparisons.jsonl")
 
 
+@pytest.mark.parametrize("flags, saved", [(["--rm-lr", "1e30", "--rm-epochs", "8"], ()),
+                                          (["--lr", "1e30", "--steps", "6"], ("rm.pt", "rlhf.pt"))])
+def test_a_diverged_run_stops_before_writing_nan_weights(out_dir, flags, saved):
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
+            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack")]
+    path = out_dir / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(path), "--eval-interval", "100", *FAST, *flags])
+    assert "training diverged" in str(e.value.code)
+    written = {n for n in ("rm.pt", "rlhf.pt", "rlhf_last.pt") if os.path.exists(out_dir / n)}
+    assert written == set(saved)  # rlhf.pt: the step-0 policy, the SFT model's copy
+
+
 def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
             for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]

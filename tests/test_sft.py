@@ -71,6 +71,18 @@ def test_no_warmup_starts_at_the_full_learning_rate(tmp_path, base_dir, capsys):
     assert "| lr 2.0e-03 |" in capsys.readouterr().out and os.path.exists(out / "sft.pt")
 
 
+def test_a_diverged_finetune_stops_before_writing_nan_weights(tmp_path, base_dir):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--epochs", "0.01", "--exam-items", "0"])
+    before = (out / "sft.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(out), "--epochs", "0.3", "--batch-size", "8", "--eval-interval", "2", "--exam-items", "0",
+                  "--lr", "1e30", "--warmup", "0", "--grad-clip", "0"])
+    assert "training diverged" in str(e.value.code)
+    assert (out / "sft.pt").read_bytes() == before  # the good checkpoint is kept, not nan weights
+
+
 def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     out = tmp_path / "out"
     shutil.copytree(base_dir, out)
