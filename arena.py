@@ -10,7 +10,7 @@ Ratings are a Bradley-Terry fit to all battles (as LMArena computes them, rather
 online Elo update), on the Elo scale (400 points = 10:1 odds), mean 1000, with 95% intervals from
 resampling the questions.
 
-    python arena.py                         # out/base.pt, sft.pt, rlhf.pt, rlhf_nokl_last.pt (those present)
+    python arena.py                         # out/base.pt, sft.pt, rlhf.pt and the two demo runs (those present)
     python arena.py out/sft.pt out/model.bin other/rlhf.pt --questions 200
 """
 import argparse
@@ -102,7 +102,7 @@ def battles(items, answers, seed):
 
 def bradley_terry(results, n, iters=200):
     """Ratings on the Elo scale from (i, j, winner) triples: the maximum-likelihood Bradley-Terry strengths
-    (Hunter's 2004 MM iteration), with a tiny prior of one draw against the average player, so a model
+    (Hunter's 2004 MM iteration), with a tiny prior of one draw against each other player, so a model
     that won or lost everything still gets a finite rating. Mean rating 1000."""
     wins = np.full((n, n), 0.0)
     for i, j, w in results:

@@ -223,14 +223,6 @@ def get_batch(data, batch_size, seq_len, generator):
     return xy[:, :-1], xy[:, 1:]
 
 
-def lr_at(step, max_steps, lr, warmup, min_lr):
-    """Linear warmup for `warmup` steps, then cosine decay to min_lr at max_steps (GPT-3, Chinchilla)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
 def linear_lr(step, max_steps, lr, warmup):
     """Linear warmup for `warmup` steps (none at 0), then linear decay to 0 at max_steps: a schedule that ends
     where a small dataset ends (sft.py, rlhf.py's reward model; nanochat's chat_sft decays linearly to 0 too)."""

@@ -30,7 +30,7 @@ optimised.
    written next to the loss, in `policy_loss`.
 4. Early stopping by a held-out spot check: every --eval-interval steps the labeler compares the current
    policy's answer with the SFT model's answer on a fixed set of held-out prompts (fresh comparisons, the
-   periodic human check a team does by hand; counted in the label budget). OUT_DIR/rlhf.pt holds the policy
+   periodic human check a team does by hand; --spot-prompts labels per check, beyond --n-comparisons). OUT_DIR/rlhf.pt holds the policy
    with the best spot-check win-rate; OUT_DIR/rlhf_last.pt the latest one (with the optimizer, for --resume).
 5. The exam: gold win-rate of the chosen policy against SFT on other held-out prompts (both sampled at
    temperature 1, ties count half), KL to SFT, QA accuracy before and after (the alignment tax), the curve of
@@ -48,10 +48,11 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), and its score adds the answer's
   mean log-probability under its own LM head (InstructGPT's RM is the head alone: --rm-likelihood 0). Each
   pair of a prompt's K answers is labelled on its own (InstructGPT's labelers rank all K at once); as there,
-  all of a prompt's pairs are one batch element. RM scores are normalised to mean 0 / std 1 on SFT answers
-  (InstructGPT: mean 0 on demonstrations).
+  all of a prompt's pairs are one batch element. RM scores are normalised to mean 0 / std 1 on the answers of
+  the comparisons, SFT samples by default (InstructGPT: mean 0 on demonstrations).
 - The prompts of one step share their token length (model.generate has no attention mask for left padding),
-  the length drawn in proportion to how many prompts have it; over many steps every prompt is equally likely.
+  the length drawn in proportion to how many prompts have it; over many steps every prompt of a length shared
+  by at least --prompts-per-step prompts is equally likely (10 of the world's 2,400 are never drawn).
 - Early stopping by a labeler spot check of the current policy against SFT (see 4.), not by a held-out RM.
 - Tiny everything: one process, prompts from the built-in world, answers of at most --max-new-tokens tokens.
 
@@ -626,6 +627,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would write the same files
+        common.fail("rlhf.py runs as one process: start it with python, not torchrun (--device cuda for a GPU)")
     command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
     device, _ = common.start(args)
     timer = common.Timer()
@@ -644,7 +647,7 @@ def main(argv=None):
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
         sft, sft_ckpt = load_checkpoint(init, device, stages=("sft", "rlhf"), tokenizer=tok.fingerprint)
         base_args = sft_ckpt["args"].get("base_args", {})
-        world = world_lib.make_world(base_args.get("world_people", 200), base_args.get("world_seed", 1337))
+        world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))
         file_records = read_comparisons(args.comparisons) if args.comparisons else None
         ckpt = load_checkpoint(last_path, device, stages=("rlhf",))[1] if args.resume else None
     except (CheckpointError, ValueError) as e:
@@ -768,7 +771,7 @@ def main(argv=None):
             by_kind = accuracy_by_kind(val_records, rc, rr)
             for kind, v in accuracy_by_kind(val_records, lik_c, lik_r).items():
                 by_kind[kind]["sft_likelihood"] = v["accuracy"]
-        # normalise the RM's scale on the SFT answers it was trained on: mean 0, std 1
+        # normalise the RM's scale on every answer of the comparisons (training and held-out): mean 0, std 1
         uniq = {(r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected")}
         scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in uniq], [answer_ids(tok, a, e) for _, a, e in uniq])
         reward_norm = (scores.mean().item(), scores.std().item() + 1e-6)
@@ -946,7 +949,7 @@ def main(argv=None):
         qa_lines = [common.md_table(["exam questions (greedy)", "SFT", "RLHF"],
                                     [[f"people {n} in SFT", f"{acc[(n, 'sft')]:.1%}", f"{acc[(n, 'rl')]:.1%}"] for n in sets]
                                     + [["all", f"{metrics['qa_before']:.1%}", f"{metrics['qa_after']:.1%}"]])]
-    with open(svg_path, "w") as f:
+    with common.atomic_open(svg_path) as f:
         f.write(curve_svg(rows, best["step"], f"RLHF, kl-coef {args.kl_coef}: proxy and gold reward vs KL"))
 
     # the peak of the (smoothed) gold reward against the end of the run

@@ -10,7 +10,8 @@ The exam asks questions in phrasings the SFT data never used, about people the S
 about people only the pretraining documents mentioned (does stage-1 knowledge surface in stage-2 format?),
 plus the reversal probe (seed 002's reversal curse) and the base model with the "Q: ... A:" framing.
 
-Reads: out/base.pt, out/tok.model, --data (JSONL chats) or the world     Writes: out/sft.pt, report
+Reads: out/base.pt, out/tok.model, out/train.bin (the --pretrain-mix), --data (JSONL chats) or the world
+Writes: out/sft.pt, report
     python sft.py                                    # the world's conversations, ~1-2 minutes on 2 CPU cores
     python sft.py --data chats.jsonl --epochs 2      # {"messages": [{"role": "user", "content": ...}, ...]}
     torchrun --standalone --nproc_per_node 2 sft.py
@@ -139,7 +140,7 @@ def get_args(argv=None):
     p.add_argument("--data", default=None, help="JSONL of {\"messages\": [...]} (default: the world's conversations)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/sft.pt (optimizer, step)")
     p.add_argument("--conversations", type=int, default=None, help="world conversations (default: 15 per person)")
-    # optimisation. Small data: a few epochs at a modest constant-then-decaying lr, so the model takes the
+    # optimisation. Small data: a few epochs, linear warmup then linear decay to 0, so the model takes the
     # format without forgetting what pretraining put in the weights (nanochat's chat_sft decays linearly to 0).
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the conversations")
     p.add_argument("--batch-size", type=int, default=32, help="conversations per step (split over processes)")

@@ -249,7 +249,7 @@ def get_args(argv=None):
     p.add_argument("--eval-interval", type=int, default=200, help="steps between val loss + checkpoint")
     p.add_argument("--eval-batches", type=int, default=10, help="batches per val loss estimate")
     p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
-    p.add_argument("--exam-items", type=int, default=400, help="questions per exam (0: skip the exam)")
+    p.add_argument("--exam-items", type=int, default=400, help="questions per exam (0: no exam; the val loss and dreams still run)")
     # system
     common.add_system_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
@@ -274,12 +274,24 @@ def get_args(argv=None):
     return args
 
 
+def lr_at(step, max_steps, lr, warmup, min_lr):
+    """Linear warmup for `warmup` steps, then cosine decay to min_lr at max_steps (GPT-3, Chinchilla)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def model_args(args, vocab_size, dropout=0.0):
+    """The ModelArgs of a new model from the shape flags (--dim, --n-layers, ...): one place for bench and main."""
+    return ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                     vocab_size=vocab_size, max_seq_len=args.seq_len, dropout=dropout)
+
+
 def bench(args, device, dtype):
     """Training throughput at a model shape, on random tokens: what llama2.c's train.py is compared with."""
     torch.manual_seed(args.seed)
-    model = Transformer(ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
-                                  n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size,
-                                  max_seq_len=args.seq_len)).to(device)
+    model = Transformer(model_args(args, args.vocab_size)).to(device)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     train_model = torch.compile(model) if args.compile else model
     x = torch.randint(args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
@@ -345,9 +357,7 @@ def main(argv=None):
         elif args.init:
             model, _ = load_checkpoint(args.init, device, tokenizer=tok.fingerprint)
         else:
-            model = Transformer(ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
-                                          n_kv_heads=args.n_kv_heads, vocab_size=tok.vocab_size,
-                                          max_seq_len=args.seq_len, dropout=args.dropout)).to(device)
+            model = Transformer(model_args(args, tok.vocab_size, args.dropout)).to(device)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
@@ -380,7 +390,7 @@ def main(argv=None):
     step, val_loss, t_last = start_step, None, common.Timer()
     with common.GracefulStop() as stop:
         while step < args.max_steps and not ddp.any(stop.requested):
-            lr = common.lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
+            lr = lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = common.get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)

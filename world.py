@@ -22,7 +22,7 @@ so the same seed gives byte-identical output. Standard library only.
 
 Example:
     python world.py                  # a sample of each kind of data, and corpus statistics
-    python world.py --n-people 12    # the tiny world used by the tests
+    python world.py --n-people 12 --seed 7    # the tiny world used by the tests
 """
 import math
 import random

@@ -274,6 +274,14 @@ def test_a_diverged_run_stops_before_writing_nan_weights(out_dir, flags, saved):
     assert written == set(saved)  # rlhf.pt: the step-0 policy, the SFT model's copy
 
 
+def test_torchrun_is_refused_before_any_work(out_dir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), *FAST])
+    assert "runs as one process" in str(e.value.code)
+    assert sorted(os.listdir(out_dir)) == ["sft.pt", "tok.model"]  # nothing written
+
+
 def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
             for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
