@@ -293,13 +293,17 @@ def read_jsonl_lines(path, missing):
 
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
-    line and exit status 130, not a traceback. Every file is written through atomic_open or a temp file and a
-    rename, so what exists on disk is whole."""
+    line and exit status 130, not a traceback. Every file the scripts write themselves goes through atomic_open or
+    a temp file and a rename, so what exists on disk is whole (sentencepiece writes tok.model itself; data.json,
+    written last, vouches for it). A reader that stops reading (`| head`) ends the script quietly."""
     try:
         main()
     except KeyboardInterrupt:
         print("\ninterrupted: the files already written are whole; the work under way was dropped", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `| head` stopped reading: stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        sys.exit(1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, leave without the interpreter's teardown. DDP keeps the gloo process group alive past
         # destroy_process_group (its three threads still run after it, measured with torch 2.13), and tearing it
@@ -326,11 +330,14 @@ def update_report(out_dir, stage, metrics, markdown):
     report.json is {stage: {metric: value}}; report.md keeps one section per stage, in pipeline order,
     each opened by an HTML comment naming its stage (invisible when rendered)."""
     os.makedirs(out_dir, exist_ok=True)
-    report = read_report(out_dir)
+    try:  # a file of that name that is not ours (a hand-written report.md, a broken report.json) is left alone
+        report, sections = read_report(out_dir), _read_sections(os.path.join(out_dir, "report.md"))
+    except (ValueError, UnicodeDecodeError) as e:
+        print(f"note: the report is not updated ({e}); its numbers are in the log above", file=sys.stderr)
+        return
     report[stage] = metrics
     with atomic_open(os.path.join(out_dir, "report.json")) as f:
         f.write(json.dumps(report, indent=1) + "\n")
-    sections = _read_sections(os.path.join(out_dir, "report.md"))
     sections[stage] = markdown.strip()
     order = sorted(sections, key=_section_key)
     text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
@@ -345,16 +352,20 @@ def _section_key(stage):
 
 
 def _read_sections(md_path):
+    """{stage: markdown} from a report card; ValueError for a file that is not one (an empty one is)."""
     sections, current = {}, None
     if os.path.exists(md_path):
         with open(md_path) as f:
-            for line in f.read().splitlines():
-                if line.startswith("<!-- stage: ") and line.endswith(" -->"):
-                    current = line[len("<!-- stage: "):-len(" -->")]
-                    sections[current] = []
-                elif current is not None:
-                    sections[current].append(line)
-    return {s: "\n".join(lines).strip() for s, lines in sections.items()}
+            lines = f.read().splitlines()
+        if lines and lines[0] != "# twofiles report card":
+            raise ValueError(f"{md_path} is not a twofiles report card")
+        for line in lines:
+            if line.startswith("<!-- stage: ") and line.endswith(" -->"):
+                current = line[len("<!-- stage: "):-len(" -->")]
+                sections[current] = []
+            elif current is not None:
+                sections[current].append(line)
+    return {stage: "\n".join(body).strip() for stage, body in sections.items()}
 
 
 def read_report(out_dir):
@@ -363,7 +374,13 @@ def read_report(out_dir):
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        try:
+            report = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e})") from None
+    if not isinstance(report, dict) or not all(isinstance(v, dict) for v in report.values()):
+        raise ValueError(f"{path} is not a twofiles report")
+    return report
 
 
 @contextlib.contextmanager

@@ -61,13 +61,22 @@ def default_checkpoint(out_dir="out"):
 
 def check_out_path(out, inputs):
     """Refuse an output path whose replacement would destroy something: a directory, a device or other
-    special file, one of the export's inputs, or a checkpoint or tokenizer (an easy slip: --out for --ckpt)."""
+    special file, one of the export's inputs, a checkpoint, tokenizer or report (an easy slip: --out for --ckpt)."""
+    if not out or out.endswith(os.sep):
+        raise ValueError(f"--out {out!r} names no file: name one, e.g. out/model.bin")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # the nearest part of the path that exists must be a directory
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
     if os.path.isdir(out):
         raise ValueError(f"--out {out} is a directory: name a file in it, e.g. {os.path.join(out, 'model.bin')}")
     if os.path.lexists(out) and not os.path.isfile(out):
         raise ValueError(f"--out {out} exists and is not a regular file")
-    if any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs) or out.endswith((".pt", ".model")):
-        raise ValueError(f"--out {out} would overwrite a checkpoint or tokenizer; write to a new name, e.g. model.bin")
+    if (any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs) or out.endswith((".pt", ".model", ".vocab"))
+            or os.path.basename(out) in ("report.md", "report.json")):
+        raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer or report; write to a new name, e.g. "
+                         "model.bin")
 
 
 def load(ckpt_path, tok_path):
@@ -254,7 +263,9 @@ def gguf_metadata(net, stage, tok):
         # piece types, whose numbers GGUF shares with sentencepiece (normal 1, unknown 2, control 3, byte 6
         # for the 256 byte-fallback pieces <0x00>..<0xFF>). The chat markers go in as control (3), not as
         # sentencepiece's user-defined (4): llama.cpp then parses them only where special tokens are asked for
-        # (the chat template) and spells them out in plain text, as tokenizer.py and run.py do
+        # and spells them out in plain text, as tokenizer.py and run.py do. But its chat path renders the Jinja
+        # template, messages included, into one string and parses that with special tokens on, so a marker
+        # typed in a message becomes a real one there (llama-cpp-python 0.3.36; see the README)
         ("tokenizer.ggml.model", STRING, "llama"),
         ("tokenizer.ggml.tokens", ARRAY, (STRING, [p for p, _, _ in pieces])),
         ("tokenizer.ggml.scores", ARRAY, (F32, [s for _, s, _ in pieces])),
@@ -368,16 +379,21 @@ def main(argv=None):
     written = "the output"  # named in a write error once known
     try:
         ckpt = args.ckpt or default_checkpoint()
+        if not os.path.isfile(ckpt):
+            raise model.CheckpointError(f"no checkpoint at {ckpt}")
         tok_path = args.tokenizer or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "tok.model")
         net, stage, step, tok = load(ckpt, tok_path)
         default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]
-        out = args.out or os.path.join("out", default_name)
+        out = os.path.join("out", default_name) if args.out is None else args.out
         out_dir = os.path.dirname(os.path.abspath(out))
         tok_out = os.path.join(out_dir, "tokenizer.bin")  # llama2c's second file
+        if args.format == "llama2c" and os.path.basename(out) == "tokenizer.bin":
+            raise ValueError(f"--out {out}: llama2c writes its tokenizer to tokenizer.bin beside the model; "
+                             "give the model another name, e.g. llama2c.bin")
         for path in [out] + [tok_out] * (args.format == "llama2c"):
             check_out_path(path, [ckpt, tok_path])
-        os.makedirs(out_dir, exist_ok=True)
         written = out
+        os.makedirs(out_dir, exist_ok=True)
         if args.format == "blob":
             write_blob(out, net, stage, step, tok)
         elif args.format == "gguf":
@@ -387,8 +403,8 @@ def main(argv=None):
             written = f"{out} and {tok_out}"
     except (model.CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
-    except OSError as e:  # a write error (full disk, size limit) names no file: say which one
-        sys.exit(f"error: {e}" if e.filename else f"error: cannot write {written}: {e.strerror or e}")
+    except OSError as e:  # a write error names no file (full disk) or a temp file: say which output failed
+        sys.exit(f"error: {e}" if written == "the output" else f"error: cannot write {written}: {e.strerror or e}")
     size = os.path.getsize(out)
     print(f"exported {ckpt} (stage {stage}, step {step}, {net.num_params() / 1e6:.2f}M parameters) "
           f"to {written} ({size / 1e6:.1f} MB, {args.format})")
@@ -397,9 +413,11 @@ def main(argv=None):
             m = check_blob(out, net, stage, step, started)
         except run.BlobError as e:  # export.py just wrote it: this is a bug in one of the two files
             sys.exit(f"error: run.py cannot read the blob export.py wrote: {e}")
-        common.update_report(out_dir, "runtime", m, runtime_markdown(out, m))
         print(f"checked with run.py: max abs logit diff {m['parity_max_abs_logit_diff']:.1e} against PyTorch, "
-              f"{m['tok_per_s']:.0f} tokens/s; runtime section written to {os.path.join(out_dir, 'report.md')}")
+              f"{m['tok_per_s']:.0f} tokens/s")
+        if os.path.basename(out) == "model.bin":  # the report card's runtime section describes the main blob
+            common.update_report(out_dir, "runtime", m, runtime_markdown(out, m))
+            print(f"runtime section written to {os.path.join(out_dir, 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -463,6 +463,8 @@ def complete(model, tok, prompt, args, sample, stats):
         keep = ctx // 2
         print(f"note: the prompt is {len(ids)} tokens and the context {ctx}: keeping its last {keep}", file=sys.stderr)
         ids = [tok.bos_id] + ids[len(ids) - keep:]  # not ids[-keep:]: that is all of them when keep is 0
+    elif ctx - len(ids) < min(args.max_new_tokens, ctx // 2):
+        print(f"note: the prompt leaves room for {ctx - len(ids)} new tokens in the context of {ctx}", file=sys.stderr)
     out = Printer(tok)
     out.write(ids[1:])
     for t in stats.timed(generate(model, ids, 0, args.max_new_tokens, sample, tok.eos_id)):
@@ -488,6 +490,8 @@ def chat(model, tok, args, sample, stats):
     Returns the conversation."""
     ctx, interactive = model.a["max_seq_len"], args.prompt is None and sys.stdin.isatty()
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None and not args.prompt.strip():
+        sys.exit("error: the message is empty: give one, or none to read turns from stdin")
     if messages and len(render_chat(tok, messages, add_generation_prompt=True)) >= ctx // 2:
         sys.exit(f"error: the --system message is too long for the model's context of {ctx} tokens: "
                  f"it must leave room for a question and an answer")
@@ -504,6 +508,8 @@ def chat(model, tok, args, sample, stats):
         ids, kept = fit_context(tok, messages + [{"role": "user", "content": line.rstrip("\r\n")}], ctx,
                                 min(args.max_new_tokens, ctx // 2))
         if ids is None:
+            if args.prompt is not None:  # the one turn of the command line: nothing else to answer
+                sys.exit(f"error: the message does not fit the model's context of {ctx} tokens")
             print(f"note: that message does not fit the model's context of {ctx} tokens; say something shorter",
                   file=sys.stderr)
             continue
@@ -589,8 +595,10 @@ def main():
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"BLAS threads (default {DEFAULT_THREADS}, unless OPENBLAS_NUM_THREADS is set)")
     args = parser.parse_intermixed_args()  # options may come between the model and the prompt
-    if not 0 <= args.temperature < math.inf or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1 or args.threads < 1:
-        parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1, --threads >= 1")
+    if (not 0 <= args.temperature < math.inf or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1
+            or args.threads < 1 or (args.seed or 0) < 0):
+        parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1, --threads >= 1, "
+                     "--seed >= 0")
     for stream in (sys.stdout, sys.stdin):  # never die on a character the terminal cannot show or send
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
@@ -598,23 +606,23 @@ def main():
     args.prompt, args.system = [None if s is None else s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                                 for s in (args.prompt, args.system)]
 
-    try:
-        header, weights, release = load_blob(args.model)
-    except BlobError as e:
-        sys.exit(f"error: {e}")
-    model = Transformer(header["model_args"], weights, release)
-    tok = Tokenizer(header["tokenizer"], header["chat"])
-    if args.bench:
-        return bench(model, tok, args)
     rng = np.random.default_rng(args.seed)
     sample = lambda logits: sample_next(logits, args.temperature, args.top_k, args.top_p, rng)  # noqa: E731
     stats = Stats()
-    try:
+    try:  # Ctrl-C anywhere (loading a big blob, --bench, a chat) stops quietly
+        try:
+            header, weights, release = load_blob(args.model)
+        except BlobError as e:
+            sys.exit(f"error: {e}")
+        model = Transformer(header["model_args"], weights, release)
+        tok = Tokenizer(header["tokenizer"], header["chat"])
+        if args.bench:
+            return bench(model, tok, args)
         if args.chat:
             chat(model, tok, args, sample, stats)
         else:
             complete(model, tok, args.prompt or "", args, sample, stats)
-    except KeyboardInterrupt:  # Ctrl-C: stop quietly
+    except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # `| head` closed the pipe: nothing more to say, and stdout cannot be flushed

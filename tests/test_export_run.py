@@ -261,13 +261,18 @@ def test_command_line_options_anywhere_and_odd_input(pair, capsys):
     assert capsys.readouterr().out == want and want.startswith("Anna lives in")
     call_main(run, [path, "\udcff\udcfe Anna", "--temperature", "0", "--max-new-tokens", "2"])  # argv not UTF-8
     assert capsys.readouterr().out.startswith("\ufffd\ufffd Anna")
-    for argv in (["--temperature", "nan"], ["--temperature", "inf"], ["--thread", "1"]):
+    for argv in (["--temperature", "nan"], ["--temperature", "inf"], ["--thread", "1"], ["--seed", "-1"]):
         with pytest.raises(SystemExit) as e:
             call_main(run, [path, "hi", *argv])
         assert e.value.code == 2  # argparse's one usage line
     with pytest.raises(SystemExit) as e:
         call_main(run, [path, "--chat", "hi", "--system", "a long system message " * 40])
     assert "--system message is too long" in str(e.value.code)
+    for message, why in (("", "the message is empty"), (" ", "the message is empty"),
+                         ("Anna " * 2000, "does not fit the model's context")):  # one turn, nothing answered: an error
+        with pytest.raises(SystemExit) as e:
+            call_main(run, [path, "--chat", message])
+        assert why in str(e.value.code)
 
 
 def test_completion_of_a_prompt_longer_than_the_context(pair, monkeypatch, capsys):
@@ -275,6 +280,11 @@ def test_completion_of_a_prompt_longer_than_the_context(pair, monkeypatch, capsy
     run.complete(rt, rtok, "Anna lives in Dunmore. " * 80, argparse_defaults(max_new_tokens=5),
                  lambda logits: int(logits.argmax()), run.Stats())
     assert "keeping its last" in capsys.readouterr().err
+    n = 1 + len(rtok.encode("Anna lives in Dunmore."))
+    monkeypatch.setattr(rt, "a", {**rt.a, "max_seq_len": n + 3})  # it fits, but leaves less than was asked for
+    run.complete(rt, rtok, "Anna lives in Dunmore.", argparse_defaults(max_new_tokens=5),
+                 lambda logits: int(logits.argmax()), run.Stats())
+    assert "leaves room for 3 new tokens" in capsys.readouterr().err
     monkeypatch.setattr(rt, "a", {**rt.a, "max_seq_len": 1})  # no room: the prompt is cut to BOS, nothing follows
     run.complete(rt, rtok, "Anna lives in Dunmore.", argparse_defaults(max_new_tokens=5),
                  lambda logits: int(logits.argmax()), run.Stats())
@@ -439,7 +449,8 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
     model.save_checkpoint("out/rm.pt", rm, stage="rm")
     for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),
-                        (["--ckpt", "out/tok.model"], "not a readable")]:
+                        (["--ckpt", "out/tok.model"], "not a readable"),
+                        (["--ckpt", "elsewhere/none.pt"], "no checkpoint at elsewhere/none.pt")]:  # not its tok.model
         with pytest.raises(SystemExit) as e:
             call_main(export, argv)
         assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
@@ -447,11 +458,18 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     before = Path("out/base.pt").read_bytes()
     for argv, words in [(["--out", "out/base.pt"], "would overwrite"), (["--out", "out"], "is a directory"),
                         (["--tokenizer", "out/notes.txt"], "not a sentencepiece model"),
-                        (["--format", "llama2c", "--out", "out/tok.model"], "would overwrite")]:
+                        (["--format", "llama2c", "--out", "out/tok.model"], "would overwrite"),
+                        (["--out", ""], "names no file"), (["--out", "new/"], "names no file"),
+                        (["--out", "out/tok.vocab"], "would overwrite"), (["--out", "out/report.md"], "would overwrite"),
+                        (["--format", "llama2c", "--out", "out/tokenizer.bin"], "another name"),
+                        (["--out", "out/base.pt/x.bin"], "base.pt is a file, not a directory")]:
         with pytest.raises(SystemExit) as e:
             call_main(export, ["--ckpt", "out/base.pt", *argv])
         assert str(e.value.code).startswith("error: ") and words in str(e.value.code)
     assert Path("out/base.pt").read_bytes() == before
+    report = Path("out/report.md").read_text()
+    call_main(export, ["--ckpt", "out/base.pt", "--out", "out/base.bin"])  # a side blob: checked, not the report's
+    assert run.load_blob("out/base.bin")[0]["stage"] == "base" and Path("out/report.md").read_text() == report
     model.save_checkpoint("out/moved.pt", net, stage="base", tokenizer="0123456789abcdef")  # another run's
     for argv in (["--ckpt", "out/moved.pt"], ["--ckpt", "out/moved.pt", "--format", "gguf"]):
         with pytest.raises(SystemExit) as e:
@@ -482,6 +500,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 
 # -- the runtime section of the report card ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name, text", [("report.md", "# My notes\n\nhand-written\n"),
+                                        ("report.json", '{"broken'), ("report.json", "[1, 2]")])
+def test_a_report_file_that_is_not_ours_is_left_alone(tmp_path, capsys, name, text):
+    (tmp_path / name).write_text(text)
+    common.update_report(str(tmp_path), "runtime", {"x": 1}, "## Runtime")
+    assert (tmp_path / name).read_text() == text and sorted(os.listdir(tmp_path)) == [name]
+    assert f"{name} is not" in capsys.readouterr().err
+
 
 def test_blob_export_writes_the_runtime_report(tok, tmp_path, capsys):
     torch.manual_seed(0)  # weights that float16 rounds: the check must compare against the rounded model
