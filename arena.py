@@ -150,6 +150,8 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the labeler's noise")
     args = p.parse_args(argv)
     common.check_ranges(p, args, at_least_1=("questions", "max_new_tokens", "world_people"), at_least_0=("temperature",))
+    if args.world_people is not None and not 2 <= args.world_people <= world_lib.MAX_PEOPLE:
+        p.error(f"--world-people must be in 2..{world_lib.MAX_PEOPLE} (got {args.world_people})")
     return args
 
 

@@ -252,8 +252,8 @@ def stop_if_diverged(loss, model, step, path, ddp=None):
         ddp.close(interrupted=True)
     elif not diverged:
         return
-    fail(f"the loss is nan or inf at step {step}: training diverged (try a lower learning rate); nothing after "
-         f"it is saved{f', {path} keeps the last checkpoint saved before it' if path and os.path.exists(path) else ''}")
+    fail(f"the loss is nan or inf at step {step}: training diverged (try a lower learning rate); nothing of it is "
+         f"saved{f' ({path} is as it was)' if path and os.path.exists(path) else ''}")
 
 
 def resumed_args(parser, argv, args, ckpt_path, run_control):

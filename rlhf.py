@@ -622,6 +622,8 @@ def get_args(argv=None):
         p.error("--label and --comparisons exclude each other")
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
         p.error("--tag may contain only letters, digits, _ and -")
+    # paths as absolute: a checkpoint records them, and --resume may run from another directory
+    args.init, args.comparisons = (x and os.path.abspath(x) for x in (args.init, args.comparisons))
     return args
 
 
@@ -656,6 +658,9 @@ def main(argv=None):
         common.fail(f"{init} has vocab {sft.args.vocab_size} but {args.out_dir}/tok.model has {tok.vocab_size}")
     sft.eval()
     sft_sha = file_sha(init)
+    if ckpt is not None and ckpt.get("sft_sha", sft_sha) != sft_sha:  # its RM, KL reference and spot checks
+        common.fail(f"cannot resume: {init} is not the SFT model this run started from (it changed since); "
+                    "start over without --resume")
     train_items, heldout_items = world_lib.rl_prompts(world, "train"), world_lib.rl_prompts(world, "heldout")
     spot_items = heldout_items[:args.spot_prompts]
     eval_items = heldout_items[args.spot_prompts:args.spot_prompts + args.eval_prompts]
@@ -824,7 +829,7 @@ def main(argv=None):
         p.requires_grad_(True)
     policy.train()
     optimizer = configure_optimizer(policy, args.lr, 0.0, (0.9, 0.95), device.split(":")[0])
-    run_args = {**vars(args), "base_args": base_args, "init": init}
+    run_args = {**vars(args), "base_args": base_args}  # init as given: None is OUT_DIR/sft.pt, wherever that moves
     sft_spot = common.chat_answers(sft, tok, [it["question"] for it in spot_items], args.max_new_tokens,
                                    temperature=1.0, generator=torch.Generator().manual_seed(args.seed + 1))
     step, rows, best, last_answers = 0, [], {"step": 0, "spot": -1.0}, []
@@ -847,7 +852,7 @@ def main(argv=None):
             save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot,
                             tokenizer=tok.fingerprint)
         save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best,
-                        tokenizer=tok.fingerprint)
+                        tokenizer=tok.fingerprint, sft_sha=sft_sha)
         with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 

@@ -171,6 +171,10 @@ def get_args(argv=None):
                                              "eval_interval"),
                         at_least_0=("warmup", "weight_decay", "grad_clip", "pretrain_mix", "exam_items", "threads"),
                         positive=("epochs", "lr"), below_1=("val_fraction",))
+    if args.resume and args.init:
+        p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/sft.pt)")
+    # paths as absolute: a checkpoint records them, and --resume may run from another directory
+    args.data, args.init = (x and os.path.abspath(x) for x in (args.data, args.init))
     return args
 
 

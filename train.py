@@ -208,6 +208,7 @@ def dream(model, tok, n, max_new_tokens, seed):
 # ----------------------------------------------------------------------------------------------------------
 
 # flags that may differ between a run and its --resume: where and how it runs, not what it trains
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads")  # the flags of a new model's shape (--init has its own)
 RUN_CONTROL = ("resume", "init", "out_dir", "device", "dtype", "threads", "compile", "bench", "log_interval")
 
 
@@ -260,6 +261,11 @@ def get_args(argv=None):
     if args.resume:  # the stopped run's flags, unless given again (e.g. a larger --max-steps to train on)
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
                                    os.path.join(args.out_dir, "base.pt"), RUN_CONTROL)
+    if args.resume and args.init:
+        p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/base.pt)")
+    typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
+    if args.init and typed_shape:
+        p.error(f"--init trains the checkpoint's own shape: leave out {', '.join(typed_shape)}")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -271,6 +277,10 @@ def get_args(argv=None):
                         positive=("lr",), below_1=("dropout", "beta2"), fractions=("min_lr_ratio",))
     if args.seq_len < 2:  # a model of context 1 cannot be given a token and then write one
         p.error(f"--seq-len must be at least 2 (got {args.seq_len})")
+    if not 2 <= args.world_people <= world_lib.MAX_PEOPLE:
+        p.error(f"--world-people must be in 2..{world_lib.MAX_PEOPLE} (got {args.world_people})")
+    # paths as absolute: a checkpoint records them, and --resume may run from another directory
+    args.data = args.data and os.path.abspath(args.data)
     return args
 
 
@@ -324,8 +334,13 @@ def main(argv=None):
     ckpt_path = os.path.join(args.out_dir, "base.pt")
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
-    if args.resume and args.init:
-        common.fail("--resume and --init exclude each other")
+    try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
+        if args.init and not os.path.isfile(args.init):
+            raise CheckpointError(f"no checkpoint at {args.init}")
+        if not args.resume and not args.init:
+            model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
+    except (CheckpointError, ValueError) as e:
+        common.fail(e)
 
     # data: prepared once by the master, read by everyone
     try:

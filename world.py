@@ -178,9 +178,12 @@ class World:
 # -----------------------------------------------------------------------------
 # Building the world
 
+MAX_PEOPLE = len(FIRST_NAMES)  # every person has their own first name
+
+
 def make_world(n_people=100, seed=1337):
     """Draw n_people people with unique names, their facts, and the SFT / pretrain-only split."""
-    assert 2 <= n_people <= len(FIRST_NAMES), f"n_people must be in 2..{len(FIRST_NAMES)}"
+    assert 2 <= n_people <= MAX_PEOPLE, f"n_people must be in 2..{MAX_PEOPLE}"
     assert n_people <= len(MOTHER_FIRST_NAMES) * len(LAST_NAMES), "not enough mother names"
     values = {v.lower() for v in TOWNS + JOBS + PETS + COLORS}
     assert not values & {w.lower() for w in FIRST_NAMES + MOTHER_FIRST_NAMES + LAST_NAMES}

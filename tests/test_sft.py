@@ -64,6 +64,12 @@ def test_malformed_jsonl_is_reported_by_line_before_training(tmp_path, base_dir,
     assert not os.path.exists(out / "sft.pt")
 
 
+def test_resume_and_init_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sft.main(["--out-dir", str(tmp_path), "--resume", "--init", str(tmp_path / "base.pt")])
+    assert "--resume and --init exclude each other" in capsys.readouterr().err
+
+
 def test_no_warmup_starts_at_the_full_learning_rate(tmp_path, base_dir, capsys):
     out = tmp_path / "out"
     shutil.copytree(base_dir, out)

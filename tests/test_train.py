@@ -144,7 +144,7 @@ def test_bad_data_is_one_clear_line(tmp_path, capsys, data, why):
     assert str(e.value).startswith("error: ") and why in str(e.value) and "\n" not in str(e.value)
 
 
-def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path):
+def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("hello world, a small text\n" * 50)
     with pytest.raises(SystemExit, match="cannot train a 40-token vocabulary"):
         run(tmp_path / "out", "--data", str(tmp_path / "t.txt"), "--vocab-size", "40")
@@ -152,9 +152,28 @@ def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path):
     run(out, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0")
     good = (out / "base.pt").read_bytes()
     (out / "sft.pt").write_bytes(b"garbage")
+    no_shape = [f for f, v in zip(TINY[::2], TINY[1::2]) if f not in ("--dim", "--n-layers", "--n-heads", "--n-kv-heads")
+                for f in (f, v)]
     with pytest.raises(SystemExit, match="not a readable twofiles checkpoint"):
-        run(out, "--max-steps", "4", "--init", str(out / "sft.pt"))
+        train.main(["--out-dir", str(out), *no_shape, "--max-steps", "4", "--init", str(out / "sft.pt")])
     assert (out / "base.pt").read_bytes() == good
+    tok = (out / "tok.model").read_bytes()
+    for argv, why in (([*TINY, "--init", str(out / "base.pt")], "--init trains the checkpoint's own shape"),
+                      ([*no_shape, "--vocab-size", "500", "--init", str(out / "none.pt")], "no checkpoint at"),
+                      ([*TINY, "--dim", "30", "--vocab-size", "500"], "bad shape: dim 30")):
+        with pytest.raises(SystemExit) as e:  # before the data prep, which would replace tok.model
+            train.main(["--out-dir", str(out), *argv])
+        assert why in str(e.value.code) + capsys.readouterr().err
+    assert (out / "tok.model").read_bytes() == tok and (out / "base.pt").read_bytes() == good
+
+
+def test_resume_from_another_directory_finds_the_same_data(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_text("".join(f"Story {i}: a cat named Tom{i} found a red ball.\n" for i in range(200)))
+    monkeypatch.chdir(tmp_path)
+    run("out", "--data", "t.txt", "--max-steps", "2", "--eval-interval", "2", "--vocab-size", "300")
+    monkeypatch.chdir(tmp_path.parent)  # the checkpoint's --data must not mean another file from here
+    train.main(["--out-dir", str(tmp_path / "out"), "--resume", "--max-steps", "3"])
+    assert torch.load(tmp_path / "out" / "base.pt", weights_only=True)["step"] == 3
 
 
 def test_reads_tinystories_json_shards_and_txt(tmp_path):
@@ -217,6 +236,8 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
     ("train", ["--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1] (got 2.0)"),
     ("sft", ["--epochs", "inf"], "--epochs must be positive (got inf)"),
     ("rlhf", ["--kl-coef", "inf"], "--kl-coef must be at least 0 (got inf)"),
+    ("train", ["--world-people", "500"], "--world-people must be in 2..219 (got 500)"),
+    ("arena", ["--world-people", "1"], "--world-people must be in 2..219 (got 1)"),
 ])
 def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, message, capsys):
     import arena
