@@ -35,9 +35,11 @@ DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt", "rlh
 # ----------------------------------------------------------------------------------------------------------
 # contestants: anything that answers a list of questions with (text, ended) pairs
 
-def checkpoint_player(path, out_dir, temperature, max_new_tokens, seed):
+def checkpoint_player(path, temperature, max_new_tokens, seed):
     """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model."""
-    tok = Tokenizer(os.path.join(os.path.dirname(path) or out_dir, "tok.model"))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    tok = Tokenizer(os.path.join(os.path.dirname(os.path.abspath(path)), "tok.model"))  # the one beside it
     model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -166,8 +168,7 @@ def main(argv=None):
     for path in paths:
         try:
             if path.endswith(".pt"):
-                answer, base_args = checkpoint_player(path, args.out_dir, args.temperature, args.max_new_tokens,
-                                                      args.seed)
+                answer, base_args = checkpoint_player(path, args.temperature, args.max_new_tokens, args.seed)
                 world_args = world_args or base_args
             else:
                 answer, _ = blob_player(path, args.temperature, args.max_new_tokens, args.seed)

@@ -13,6 +13,7 @@ means "no loss" everywhere), AdamW parameter groups, and the checkpoint reader/w
 """
 import math
 import os
+import zipfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -363,6 +364,8 @@ def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     (model, checkpoint dict)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; say so rather than relay torch's advice
+        raise CheckpointError(f"{path} is not a readable twofiles checkpoint (not a file torch.save wrote)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = Transformer(ModelArgs.from_dict(ckpt["model_args"]))

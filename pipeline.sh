@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # The main job: the whole life of a model on the built-in world, raw text to chat, in about 5 minutes
-# on a 2-core CPU (276-290 s measured here, see README). Every stage prints step logs with an ETA and
-# writes its exam into OUT/report.md.
+# on a 2-core CPU (276-290 s measured here, see README; the stage estimates below are from those runs).
+# Every stage prints step logs with an ETA and writes its exam into OUT/report.md.
 #     bash pipeline.sh            # everything in out/
 #     bash pipeline.sh myrun      # everything in myrun/
 set -euo pipefail
-cd "$(dirname "$0")"
 OUT=${1:-out}
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac  # relative to where it was called from, not to the scripts
+cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 start=$SECONDS
 stage() { printf '\n=== [%s/6] %s (about %s; %d s so far) ===\n' "$1" "$2" "$3" $((SECONDS - start)); }
 
-stage 1 "pretraining: a tokenizer, then next-token prediction on the world's documents" "4 min"
+stage 1 "pretraining: a tokenizer, then next-token prediction on the world's documents" "2.5 min"
 $PY train.py --out-dir "$OUT"
-stage 2 "SFT: conversations, loss on the assistant's tokens only" "1.5 min"
+stage 2 "SFT: conversations, loss on the assistant's tokens only" "45 s"
 $PY sft.py --out-dir "$OUT"
-stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "3 min"
+stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "1.5 min"
 $PY rlhf.py --out-dir "$OUT"
-stage 4 "export: one float16 blob, checked against PyTorch by run.py" "10 s"
+stage 4 "export: one float16 blob, checked against PyTorch by run.py" "2 s"
 $PY export.py --ckpt "$OUT/rlhf.pt" --out "$OUT/model.bin"
-stage 5 "arena: the models answer the same questions, the labeler judges, Elo ratings" "30 s"
+stage 5 "arena: the models answer the same questions, the labeler judges, Elo ratings" "5 s"
 $PY arena.py --out-dir "$OUT"
-stage 6 "chat: run.py (NumPy only) answers questions about people the SFT data never mentioned" "5 s"
+stage 6 "chat: run.py (NumPy only) answers questions about people the SFT data never mentioned" "1 s"
 # (not `tee /dev/stderr`: when stderr is a log file, tee reopens it from the start and overwrites the log)
 questions=$($PY world.py --questions 3)
 printf '%s\n' "$questions"

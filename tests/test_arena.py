@@ -1,7 +1,11 @@
 """arena.py: the ratings follow the battles, and the judge is the world's labeler."""
 import random
+import shutil
+
+import pytest
 
 import arena
+from model import CheckpointError, ModelArgs, Transformer, save_checkpoint
 
 
 def test_bradley_terry_orders_players_by_strength():
@@ -39,3 +43,14 @@ def test_contestants_get_unique_names_for_the_report():
                                 "out/sft.pt"])
     assert names == ["a/rlhf", "b/rlhf", "out/sft #1", "base (Q/A framing)", "out/model", "c/model", "out/sft #2"]
     assert len(set(names)) == len(names)
+
+
+def test_a_bare_checkpoint_name_reads_the_tokenizer_beside_it(tmp_path, monkeypatch, tok):
+    shutil.copy(tok.model_file, tmp_path / "tok.model")
+    net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
+    save_checkpoint(str(tmp_path / "sft.pt"), net, "sft", tokenizer=tok.fingerprint, args={})
+    monkeypatch.chdir(tmp_path)  # no out/ here: `python arena.py sft.pt ...` means ./sft.pt and ./tok.model
+    answer, _ = arena.checkpoint_player("sft.pt", 1.0, 4, seed=0)
+    assert len(answer(["Where does Anna live?"])) == 1
+    with pytest.raises(CheckpointError, match="no checkpoint at none.pt"):
+        arena.checkpoint_player("none.pt", 1.0, 4, seed=0)

@@ -449,7 +449,7 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
     model.save_checkpoint("out/rm.pt", rm, stage="rm")
     for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),
-                        (["--ckpt", "out/tok.model"], "not a readable"),
+                        (["--ckpt", "out/tok.model"], "not a readable twofiles checkpoint (not a file torch.save wrote)"),
                         (["--ckpt", "elsewhere/none.pt"], "no checkpoint at elsewhere/none.pt")]:  # not its tok.model
         with pytest.raises(SystemExit) as e:
             call_main(export, argv)

@@ -72,3 +72,11 @@ def test_help_shows_defaults_but_never_an_empty_one(script, capsys):
         script.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: " in text and "(default: None)" not in text and "(default: )" not in text
+
+
+def test_pipeline_sh_puts_a_relative_out_dir_where_it_was_called_from(tmp_path):
+    # PYTHON=echo: each stage prints its command instead of running it
+    result = subprocess.run(["bash", os.path.join(ROOT, "pipeline.sh"), "myrun"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHON": "echo"}, check=True)
+    assert f"train.py --out-dir {tmp_path / 'myrun'}\n" in result.stdout
+    assert f"The report card: {tmp_path / 'myrun'}/report.md" in result.stdout
