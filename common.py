@@ -256,6 +256,14 @@ def stop_if_diverged(loss, model, step, path, ddp=None):
          f"saved{f' ({path} is as it was)' if path and os.path.exists(path) else ''}")
 
 
+def note_fresh_run(paths, log):
+    """A run without --resume saves over its checkpoints as it goes (as nanoGPT does): say so at the start, so
+    the old ones are not lost unnoticed."""
+    there = [p for p in paths if os.path.exists(p)]
+    if there:
+        log(f"note: a fresh run: it saves over {' and '.join(there)} as it goes (--resume continues instead)")
+
+
 def resumed_args(parser, argv, args, ckpt_path, run_control):
     """args for --resume: every flag the stopped run was started with (its checkpoint's args), except the flags
     given on this command line and the run-control flags (device, threads, ...) that may differ between runs.

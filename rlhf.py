@@ -58,7 +58,7 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 
 Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
 rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rl_curve_T.*, report section rlhf_T, and
-rm_T.pt with report section rm_T when the run's RM settings differ from rm.pt's)
+rm_T.pt, comparisons_T.jsonl and report section rm_T when the run's RM settings differ from rm.pt's)
     python rlhf.py                                  # simulated labeler, RM, RL, exam: a few minutes on 2 CPU cores
     python rlhf.py --rm-likelihood 0 --rm-lr 1e-3 --kl-coef 0 --steps 300 --tag hack
                                                     # reward hacking on purpose: InstructGPT's RM (the head alone),
@@ -667,7 +667,9 @@ def main(argv=None):
     if not eval_items:
         common.fail(f"the world has only {len(heldout_items)} held-out prompts: lower --spot-prompts")
     log(f"policy: {sft.num_params() / 1e6:.2f}M parameters from {init} | world of {len(world.people)} people: "
-        f"{len(train_items)} train / {len(heldout_items)} held-out prompts | device {device}")
+        f"{len(train_items)} train / {len(heldout_items)} held-out prompts | {device} in float32")
+    if not args.resume:
+        common.note_fresh_run([best_path, last_path], log)
 
     # ------------------------------------------------------------------------------------------------------
     # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
@@ -724,7 +726,10 @@ def main(argv=None):
         if args.label:
             records = read_comparisons(cmp_path)
         elif file_records is not None:
-            records = file_records
+            records = [r for r in file_records if (r["chosen"], r["chosen_ended"]) != (r["rejected"], r["rejected_ended"])]
+            if len(records) < len(file_records):
+                log(f"note: {len(file_records) - len(records)} comparisons of {args.comparisons} hold the same answer "
+                    "twice: left out (they teach nothing)")
         else:
             if human_file:
                 common.fail(f"{cmp_path} holds a person's comparisons: train on them with --comparisons "
@@ -745,12 +750,15 @@ def main(argv=None):
         val_pairs = [p for p, h, r in zip(pairs, held, records) if h and not r.get("tie")]
         val_records = [r for h, r in zip(held, records) if h and not r.get("tie")]
         if len(train_pairs) < 2 or not val_pairs:
-            common.fail(f"{len(records)} comparisons are too few to train and test a reward model "
-                        f"({len(train_pairs)} train, {len(val_pairs)} held-out)")
-        if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_path):
-            if human_file:
+            common.fail(f"{len(records)} comparisons of {len({r['prompt'] for r in records})} prompts are too few to "
+                        f"train and test a reward model ({len(train_pairs)} train, {len(val_pairs)} held-out: "
+                        f"--rm-heldout splits by prompt)")
+        # a tagged run's own RM gets its own file, so comparisons.jsonl stays the one rm.pt was trained on
+        cmp_out = cmp_path if rm_path == rm_paths[0] else os.path.join(args.out_dir, f"comparisons{suffix}.jsonl")
+        if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_out):
+            if human_file and cmp_out == cmp_path:
                 common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
-            write_comparisons(cmp_path, records)  # after every check: a failed run leaves the old file as it was
+            write_comparisons(cmp_out, records)  # after every check: a failed run leaves the old file as it was
         torch.manual_seed(args.seed)  # the head's initial weights, whatever checkpoints were built before
         rm = reward_model_from(sft, args.rm_likelihood)
         log(f"reward model: Bradley-Terry on {len(train_pairs)} comparisons, {len(val_pairs)} held out; "
@@ -856,6 +864,10 @@ def main(argv=None):
         with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
+    buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
+    if args.prompts_per_step > max(map(len, buckets)):
+        log(f"note: at most {max(map(len, buckets))} prompts share a length, so a step takes at most that many "
+            f"(--prompts-per-step {args.prompts_per_step})")
     log(f"RL: {args.steps} steps x {args.prompts_per_step} prompts x {args.samples} answers | kl-coef {args.kl_coef} "
         f"| lr {args.lr} | {'REINFORCE' if args.ppo_epochs == 1 else f'PPO-clip, {args.ppo_epochs} epochs'}")
     if step == 0:
@@ -863,7 +875,6 @@ def main(argv=None):
         log(f"step 0: spot check, SFT against itself: {spot:.1%} (noise level of the check)")
         best.update(step=0, spot=spot)
         save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot, tokenizer=tok.fingerprint)
-    buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
     t_rl, t_last, logged = common.Timer(), common.Timer(), step
     with common.GracefulStop() as stop:
         while step < args.steps and not stop.requested:
@@ -1032,8 +1043,9 @@ def main(argv=None):
                                   [[it["question"], t, f"{world_lib.gold_score(it, t, e):+.1f}"]
                                    for it, (_, t, e) in zip(eval_items, end_ans)])]
     common.update_report(args.out_dir, stage, metrics, "\n".join(lines))
+    qa_change = f"{metrics['qa_before']:.1%} -> {metrics['qa_after']:.1%}" if args.exam_items > 0 else "not asked"
     log(f"exam: gold win-rate vs SFT {winrate:.1%} | KL {eval_kl:.2f} | gold {metrics['gold_rlhf']:+.2f} vs SFT "
-        f"{metrics['gold_sft']:+.2f} | QA {metrics['qa_before']} -> {metrics['qa_after']} | gold peak {top['gold']:+.2f} "
+        f"{metrics['gold_sft']:+.2f} | QA {qa_change} | gold peak {top['gold']:+.2f} "
         f"(step {rows[peak]['step']}) -> end {end['gold']:+.2f}, proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}")
     log(f"done in {metrics['wall_s']:.0f} s: {best_path} (step {best['step']}), {last_path}, {svg_path}, "
         f"report in {args.out_dir}/report.md")

@@ -235,7 +235,10 @@ def main(argv=None):
     ctx = common.autocast(device, dtype)
     run_args = {**vars(args), "base_args": base_args}
     log(f"model: {model.num_params() / 1e6:.2f}M parameters from {ckpt_path if args.resume else init} | "
-        f"{max_steps} steps ({args.epochs} epochs x {steps_per_epoch}) | {ddp.world_size} process(es) on {device}")
+        f"{max_steps} steps ({args.epochs} epochs x {steps_per_epoch}) | {ddp.world_size} process(es) on {device} "
+        f"in {dtype}")
+    if not args.resume:
+        common.note_fresh_run([ckpt_path], log)
 
     def save(step):
         if master:

@@ -393,6 +393,8 @@ def main(argv=None):
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     log(f"model: {model.num_params() / 1e6:.2f}M parameters {model.args} | {tokens_per_step:,} tokens/step | "
         f"{ddp.world_size} process(es) on {device} in {dtype}" + (f" | resuming at step {start_step}" if ckpt else ""))
+    if not args.resume:
+        common.note_fresh_run([ckpt_path], log)
 
     def save(step):
         if master:

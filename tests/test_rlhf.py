@@ -285,11 +285,15 @@ def test_torchrun_is_refused_before_any_work(out_dir, monkeypatch):
 def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
             for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+    rows.append({"prompt": "What is Ada's job?", "chosen": "Ada bakes.", "rejected": "Ada bakes."})  # teaches nothing
     path = out_dir / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = ["--out-dir", str(out_dir), "--comparisons", str(path), "--steps", "4", "--eval-interval", "2",
            "--rm-heldout", "0.3", *FAST]
     rlhf.main(run)
+    out = capsys.readouterr().out
+    assert "1 comparisons of" in out and "hold the same answer twice: left out" in out
+    assert re.search(r"\| QA \d+\.\d% -> \d+\.\d% \|", out) and "note: a fresh run" not in out
     for name in ("comparisons.jsonl", "rm.pt", "rlhf.pt", "rlhf_last.pt", "rl_curve.jsonl", "rl_curve.svg"):
         assert os.path.exists(out_dir / name), name
     report = json.load(open(out_dir / "report.json"))
@@ -319,9 +323,13 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     assert open(out_dir / "report.md").read().count("## Reward model") == 2
     sections = re.findall(r"<!-- stage: (\S+) -->", open(out_dir / "report.md").read())
     assert sections == ["rm", "rlhf", "rm_head", "rlhf_head", "rlhf_nokl"]  # a tagged run's RM, then its RL
+    assert os.path.exists(out_dir / "comparisons_head.jsonl")  # its own, beside its own RM
+    assert len(open(out_dir / "comparisons.jsonl").readlines()) == 12  # the main run's, without the useless pair
     capsys.readouterr()
     rlhf.main(head)
-    assert f"reusing {out_dir / 'rm_head.pt'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"reusing {out_dir / 'rm_head.pt'}" in out
+    assert f"note: a fresh run: it saves over {out_dir / 'rlhf_head.pt'} and {out_dir / 'rlhf_head_last.pt'}" in out
     # the same RM whether or not another rm.pt was there to be read first (building it draws random weights)
     first = torch.load(out_dir / "rm_head.pt", weights_only=True)["model"]
     os.remove(out_dir / "rm.pt")
