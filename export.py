@@ -73,8 +73,8 @@ def check_out_path(out, inputs):
         raise ValueError(f"--out {out} is a directory: name a file in it, e.g. {os.path.join(out, 'model.bin')}")
     if os.path.lexists(out) and not os.path.isfile(out):
         raise ValueError(f"--out {out} exists and is not a regular file")
-    if (any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs) or out.endswith((".pt", ".model", ".vocab"))
-            or os.path.basename(out) in ("report.md", "report.json")):
+    if (any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs)
+            or out.endswith((".pt", ".model", ".vocab")) or os.path.basename(out) in ("report.md", "report.json")):
         raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer or report; write to a new name, e.g. "
                          "model.bin")
 

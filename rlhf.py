@@ -30,8 +30,9 @@ optimised.
    written next to the loss, in `policy_loss`.
 4. Early stopping by a held-out spot check: every --eval-interval steps the labeler compares the current
    policy's answer with the SFT model's answer on a fixed set of held-out prompts (fresh comparisons, the
-   periodic human check a team does by hand; --spot-prompts labels per check, beyond --n-comparisons). OUT_DIR/rlhf.pt holds the policy
-   with the best spot-check win-rate; OUT_DIR/rlhf_last.pt the latest one (with the optimizer, for --resume).
+   periodic human check a team does by hand; --spot-prompts labels per check, beyond --n-comparisons).
+   OUT_DIR/rlhf.pt holds the policy with the best spot-check win-rate; OUT_DIR/rlhf_last.pt the latest one
+   (with the optimizer, for --resume).
 5. The exam: gold win-rate of the chosen policy against SFT on other held-out prompts (both sampled at
    temperature 1, ties count half), KL to SFT, QA accuracy before and after (the alignment tax), the curve of
    proxy and gold reward against KL (rl_curve.jsonl, rl_curve.svg), and what changed in the answers from the
@@ -726,7 +727,8 @@ def main(argv=None):
         if args.label:
             records = read_comparisons(cmp_path)
         elif file_records is not None:
-            records = [r for r in file_records if (r["chosen"], r["chosen_ended"]) != (r["rejected"], r["rejected_ended"])]
+            records = [r for r in file_records
+                       if (r["chosen"], r["chosen_ended"]) != (r["rejected"], r["rejected_ended"])]
             if len(records) < len(file_records):
                 log(f"note: {len(file_records) - len(records)} comparisons of {args.comparisons} hold the same answer "
                     "twice: left out (they teach nothing)")

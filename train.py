@@ -207,8 +207,8 @@ def dream(model, tok, n, max_new_tokens, seed):
 
 # ----------------------------------------------------------------------------------------------------------
 
-# flags that may differ between a run and its --resume: where and how it runs, not what it trains
 SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads")  # the flags of a new model's shape (--init has its own)
+# flags that may differ between a run and its --resume: where and how it runs, not what it trains
 RUN_CONTROL = ("resume", "init", "out_dir", "device", "dtype", "threads", "compile", "bench", "log_interval")
 
 
@@ -250,7 +250,8 @@ def get_args(argv=None):
     p.add_argument("--eval-interval", type=int, default=200, help="steps between val loss + checkpoint")
     p.add_argument("--eval-batches", type=int, default=10, help="batches per val loss estimate")
     p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
-    p.add_argument("--exam-items", type=int, default=400, help="questions per exam (0: no exam; the val loss and dreams still run)")
+    p.add_argument("--exam-items", type=int, default=400,
+                   help="questions per exam (0: no exam; the val loss and dreams still run)")
     # system
     common.add_system_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")

@@ -635,6 +635,8 @@ def main():
     parser.add_argument("--questions", type=int, default=0,
                         help="print only this many exam questions about pretraining-only people, one per line")
     args = parser.parse_args()
+    if not 2 <= args.n_people <= MAX_PEOPLE:
+        parser.error(f"--n-people must be in 2..{MAX_PEOPLE} (got {args.n_people})")
 
     world = make_world(args.n_people, args.seed)
     if args.questions:  # e.g. piped into `run.py out/model.bin --chat`

@@ -449,7 +449,7 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
     model.save_checkpoint("out/rm.pt", rm, stage="rm")
     for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),
-                        (["--ckpt", "out/tok.model"], "not a readable twofiles checkpoint (not a file torch.save wrote)"),
+                        (["--ckpt", "out/tok.model"], "not a file torch.save wrote"),
                         (["--ckpt", "elsewhere/none.pt"], "no checkpoint at elsewhere/none.pt")]:  # not its tok.model
         with pytest.raises(SystemExit) as e:
             call_main(export, argv)
@@ -460,7 +460,8 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
                         (["--tokenizer", "out/notes.txt"], "not a sentencepiece model"),
                         (["--format", "llama2c", "--out", "out/tok.model"], "would overwrite"),
                         (["--out", ""], "names no file"), (["--out", "new/"], "names no file"),
-                        (["--out", "out/tok.vocab"], "would overwrite"), (["--out", "out/report.md"], "would overwrite"),
+                        (["--out", "out/tok.vocab"], "would overwrite"),
+                        (["--out", "out/report.md"], "would overwrite"),
                         (["--format", "llama2c", "--out", "out/tokenizer.bin"], "another name"),
                         (["--out", "out/base.pt/x.bin"], "base.pt is a file, not a directory")]:
         with pytest.raises(SystemExit) as e:

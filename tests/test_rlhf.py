@@ -347,7 +347,8 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     rlhf.main(["--out-dir", str(copy), "--tag", "head", "--resume", "--steps", "5"])
     assert f"from {copy / 'sft.pt'}" in capsys.readouterr().out
     # ... and refuses an sft.pt that changed since: the run's RM, KL reference and spot checks came from the old one
-    save_checkpoint(str(copy / "sft.pt"), tiny_model(seed=1), "sft", args={"base_args": {"world_people": 12, "world_seed": 7}})
+    save_checkpoint(str(copy / "sft.pt"), tiny_model(seed=1), "sft",
+                    args={"base_args": {"world_people": 12, "world_seed": 7}})
     with pytest.raises(SystemExit) as e:
         rlhf.main(["--out-dir", str(copy), "--tag", "head", "--resume", "--steps", "6"])
     assert "not the SFT model this run started from" in str(e.value.code)

@@ -83,8 +83,8 @@ def test_a_diverged_finetune_stops_before_writing_nan_weights(tmp_path, base_dir
     sft.main(["--out-dir", str(out), "--epochs", "0.01", "--exam-items", "0"])
     before = (out / "sft.pt").read_bytes()
     with pytest.raises(SystemExit) as e:
-        sft.main(["--out-dir", str(out), "--epochs", "0.3", "--batch-size", "8", "--eval-interval", "2", "--exam-items", "0",
-                  "--lr", "1e30", "--warmup", "0", "--grad-clip", "0"])
+        sft.main(["--out-dir", str(out), "--epochs", "0.3", "--batch-size", "8", "--eval-interval", "2",
+                  "--exam-items", "0", "--lr", "1e30", "--warmup", "0", "--grad-clip", "0"])
     assert "training diverged" in str(e.value.code)
     assert (out / "sft.pt").read_bytes() == before  # the good checkpoint is kept, not nan weights
 

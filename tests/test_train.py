@@ -152,8 +152,8 @@ def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path, capsys):
     run(out, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0")
     good = (out / "base.pt").read_bytes()
     (out / "sft.pt").write_bytes(b"garbage")
-    no_shape = [f for f, v in zip(TINY[::2], TINY[1::2]) if f not in ("--dim", "--n-layers", "--n-heads", "--n-kv-heads")
-                for f in (f, v)]
+    shape_flags = ("--dim", "--n-layers", "--n-heads", "--n-kv-heads")
+    no_shape = [word for flag, value in zip(TINY[::2], TINY[1::2]) if flag not in shape_flags for word in (flag, value)]
     with pytest.raises(SystemExit, match="not a readable twofiles checkpoint"):
         train.main(["--out-dir", str(out), *no_shape, "--max-steps", "4", "--init", str(out / "sft.pt")])
     assert (out / "base.pt").read_bytes() == good
