@@ -148,15 +148,22 @@ class Dist:
 
     def barrier(self):
         if self.enabled:
-            dist.barrier()
+            try:
+                dist.barrier()
+            except RuntimeError:  # the master stopped, with its one-line error: the others end without a traceback
+                sys.exit(1)
 
-    def mean(self, value):
-        """The mean of a float over all processes (every process gets it)."""
+    def sum(self, value):
+        """The sum of a number over all processes (every process gets it)."""
         if not self.enabled:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return t.item() / self.world_size
+        return t.item()
+
+    def mean(self, value):
+        """The mean of a float over all processes (every process gets it)."""
+        return self.sum(value) / self.world_size
 
     def any(self, flag):
         """True on every process if `flag` is true on any: all stop at the same step, none left waiting."""
@@ -191,8 +198,9 @@ class GracefulStop:
     def request(self, signum, frame):
         self.requested = True
         signal.signal(signal.SIGINT, self.previous)
-        print("\nCtrl-C: stopping after this step to save it (Ctrl-C again: quit without saving)",
-              file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: one line
+            print("\nCtrl-C: stopping after this step to save it (Ctrl-C again: quit without saving)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, kind, value, traceback):
         signal.signal(signal.SIGINT, self.previous)

@@ -19,8 +19,9 @@ prompt, times a greedy generation, and writes the `runtime` section of report.md
 directory.
 
 By default the latest stage's checkpoint in out/ (out/rlhf.pt, else out/sft.pt, else out/base.pt) goes to
-out/model.bin (blob), out/llama2c.bin + out/tokenizer.bin (llama2c) or out/model.gguf (gguf); the tokenizer
-is tok.model in the checkpoint's directory unless --tokenizer says otherwise.
+out/model.bin (blob), out/llama2c.bin + out/tokenizer.bin (llama2c) or out/model.gguf (gguf): the output goes
+beside the checkpoint (--ckpt run2/sft.pt -> run2/model.bin), and the tokenizer is tok.model there unless
+--tokenizer says otherwise.
 
     python export.py                                   # out/rlhf.pt (or sft, base) -> out/model.bin, checked
     python export.py --ckpt out/base.pt --out out/base.bin
@@ -368,8 +369,8 @@ def main(argv=None):
                         help="checkpoint to export (default: out/rlhf.pt, else out/sft.pt, else out/base.pt)")
     parser.add_argument("--tokenizer", default=None, help="sentencepiece model (default: tok.model beside the checkpoint)")
     parser.add_argument("--out", default=None,
-                        help="output file (default: out/model.bin for blob, out/llama2c.bin for llama2c, "
-                             "out/model.gguf for gguf; llama2c also writes tokenizer.bin in the same directory)")
+                        help="output file (default, beside the checkpoint: model.bin for blob, llama2c.bin for "
+                             "llama2c, model.gguf for gguf; llama2c also writes tokenizer.bin in the same directory)")
     parser.add_argument("--format", choices=["blob", "llama2c", "gguf"], default="blob",
                         help="blob: run.py's float16 file, then checked with run.py into the report card; "
                              "llama2c: llama2.c's run.c .bin + tokenizer.bin; gguf: llama.cpp / LM Studio / ollama")
@@ -384,7 +385,7 @@ def main(argv=None):
         tok_path = args.tokenizer or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "tok.model")
         net, stage, step, tok = load(ckpt, tok_path)
         default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]
-        out = os.path.join("out", default_name) if args.out is None else args.out
+        out = os.path.join(os.path.dirname(ckpt), default_name) if args.out is None else args.out  # beside it
         out_dir = os.path.dirname(os.path.abspath(out))
         tok_out = os.path.join(out_dir, "tokenizer.bin")  # llama2c's second file
         if args.format == "llama2c" and os.path.basename(out) == "tokenizer.bin":

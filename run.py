@@ -619,6 +619,8 @@ def main():
         if args.bench:
             return bench(model, tok, args)
         if args.chat:
+            if header.get("stage") == "base":
+                print("note: this is a base model (not finetuned to chat): it writes on, not answers", file=sys.stderr)
             chat(model, tok, args, sample, stats)
         else:
             complete(model, tok, args.prompt or "", args, sample, stats)

@@ -187,8 +187,10 @@ def main(argv=None):
     timer = common.Timer()
     init = args.init or os.path.join(args.out_dir, "base.pt")
     ckpt_path = os.path.join(args.out_dir, "sft.pt")
-    if args.batch_size % ddp.world_size:
-        common.fail(f"--batch-size {args.batch_size} must be a multiple of the {ddp.world_size} processes")
+    for flag in ("batch_size", "pretrain_mix"):  # each process takes an equal share of the step's rows
+        if getattr(args, flag) % ddp.world_size:
+            common.fail(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be a multiple of the "
+                        f"{ddp.world_size} processes")
     try:
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
         if args.resume:
@@ -261,12 +263,16 @@ def main(argv=None):
             x, y = collate(batch_rows(step), device)
             with ctx:
                 loss = lm_loss(train_model(x), y)
+                if ddp.enabled:  # each process's mean over its own answer tokens, weighted so that DDP's mean of
+                    n = (y != -1).sum().item()  # the gradients is the mean over the whole batch's (N = 1 process)
+                    loss = loss * n * ddp.world_size / ddp.sum(n)
                 if mix_data is not None:  # the same next-token loss on pretraining text, drawn anew per step
                     # (through the unwrapped model: DDP's forward runs once a step, the gradients of both
-                    # losses reach the parameters before its one all-reduce)
-                    gen = torch.Generator().manual_seed((args.seed * 100_003 + step) * ddp.world_size + ddp.rank)
-                    px, py = common.get_batch(mix_data, max(1, args.pretrain_mix // ddp.world_size),
+                    # losses reach the parameters before its one all-reduce); the step's windows, this process's share
+                    gen = torch.Generator().manual_seed(args.seed * 100_003 + step)
+                    px, py = common.get_batch(mix_data, args.pretrain_mix,
                                               min(args.pretrain_mix_len, model.args.max_seq_len), gen)
+                    px, py = px[ddp.rank::ddp.world_size], py[ddp.rank::ddp.world_size]
                     loss = loss + lm_loss(model(px.to(device)), py.to(device))
             loss.backward()
             if args.grad_clip > 0:

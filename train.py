@@ -11,7 +11,7 @@ Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, ou
     python train.py                                        # built-in world, a few minutes on 2 CPU cores
     python train.py --resume                               # continue exactly where a stopped run was
     python train.py --data TinyStories/ --preset stories15m --device cuda --dtype bfloat16 --compile
-    torchrun --standalone --nproc_per_node 2 train.py      # data parallel over 2 processes (or GPUs)
+    torchrun --standalone --nproc_per_node 2 train.py --grad-accum 2   # data parallel over 2 processes (or GPUs)
 """
 import argparse
 import glob
@@ -405,7 +405,7 @@ def main(argv=None):
 
     # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process
     # takes every world_size-th micro-batch, DDP averages the gradients (so N processes = 1 process)
-    step, val_loss, t_last = start_step, None, common.Timer()
+    step, val_loss, t_last, logged = start_step, None, common.Timer(), start_step
     with common.GracefulStop() as stop:
         while step < args.max_steps and not ddp.any(stop.requested):
             lr = lr_at(step, args.max_steps, args.lr, args.warmup, args.lr * args.min_lr_ratio)
@@ -430,8 +430,7 @@ def main(argv=None):
             step += 1
             if step % args.log_interval == 0 or step == args.max_steps or step == start_step + 1:
                 loss_avg = ddp.mean(loss_sum)
-                n_steps = step - start_step if step == start_step + 1 else args.log_interval
-                dt = t_last() / max(1, min(n_steps, args.log_interval))
+                dt, logged = t_last() / (step - logged), step  # the steps since the last line, not the interval
                 eta = dt * (args.max_steps - step)
                 log(common.step_line(step, args.max_steps, loss_avg, lr, dt, tokens_per_step,
                                      f" | eta {eta / 60:.1f} min"), flush=True)

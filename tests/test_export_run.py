@@ -268,6 +268,8 @@ def test_command_line_options_anywhere_and_odd_input(pair, capsys):
     with pytest.raises(SystemExit) as e:
         call_main(run, [path, "--chat", "hi", "--system", "a long system message " * 40])
     assert "--system message is too long" in str(e.value.code)
+    call_main(run, [path, "--chat", "hi", "--max-new-tokens", "2"])
+    assert "note: this is a base model" in capsys.readouterr().err
     for message, why in (("", "the message is empty"), (" ", "the message is empty"),
                          ("Anna " * 2000, "does not fit the model's context")):  # one turn, nothing answered: an error
         with pytest.raises(SystemExit) as e:
@@ -446,6 +448,12 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     assert common.read_report("out")["runtime"]["stage"] == "sft"  # ... and is checked into out/report.json
     call_main(export, ["--format", "gguf"])
     assert Path("out/model.gguf").read_bytes()[:4] == b"GGUF"
+    os.makedirs("run2")  # another run's checkpoint: its blob goes beside it, out/model.bin stays
+    shutil.copy(tok.model_file, "run2/tok.model")
+    model.save_checkpoint("run2/base.pt", net, stage="base")
+    blob = Path("out/model.bin").read_bytes()
+    call_main(export, ["--ckpt", "run2/base.pt"])
+    assert run.load_blob("run2/model.bin")[0]["stage"] == "base" and Path("out/model.bin").read_bytes() == blob
     rm = model.Transformer(model.ModelArgs(**{**vars(net.args), "reward_head": True}))
     model.save_checkpoint("out/rm.pt", rm, stage="rm")
     for argv, words in [(["--ckpt", "out/rm.pt"], "reward model"), (["--ckpt", "out/none.pt"], "no checkpoint"),

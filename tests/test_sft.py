@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ import torch
 import sft
 import train
 from tokenizer import render_chat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_BASE = ["--world-people", "12", "--world-seed", "7", "--dim", "64", "--n-layers", "2", "--n-heads", "4",
              "--vocab-size", "600", "--seq-len", "96", "--batch-size", "8", "--warmup", "5", "--lr", "3e-3",
@@ -87,6 +91,25 @@ def test_a_diverged_finetune_stops_before_writing_nan_weights(tmp_path, base_dir
                   "--exam-items", "0", "--lr", "1e30", "--warmup", "0", "--grad-clip", "0"])
     assert "training diverged" in str(e.value.code)
     assert (out / "sft.pt").read_bytes() == before  # the good checkpoint is kept, not nan weights
+
+
+def test_two_gloo_processes_match_one(tmp_path, base_dir):
+    flags = ["--epochs", "0.2", "--batch-size", "8", "--pretrain-mix", "4", "--pretrain-mix-len", "32",
+             "--exam-items", "0", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(base_dir, one)
+    shutil.copytree(base_dir, two)
+    sft.main(["--out-dir", str(one), *flags])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "sft.py"), "--out-dir", str(two), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es)" in proc.stdout
+    a = torch.load(one / "sft.pt", weights_only=True)["model"]
+    b = torch.load(two / "sft.pt", weights_only=True)["model"]
+    differ = [k for k in a if not torch.allclose(a[k], b[k], atol=1e-5)]
+    assert not differ, f"{differ[:3]} differ, by up to {max((a[k] - b[k]).abs().max().item() for k in differ):.2e}"
 
 
 def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):

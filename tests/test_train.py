@@ -130,6 +130,15 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert not differ, f"{differ[:3]} differ, by up to {max((a[k] - b[k]).abs().max().item() for k in differ):.2e}"
 
 
+def test_bad_data_under_torchrun_is_the_masters_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(ROOT, "train.py"), "--out-dir", str(tmp_path), "--data", str(tmp_path / "missing.txt"),
+           "--grad-accum", "2", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode != 0 and "missing.txt does not exist" in proc.stderr
+    assert "[rank1]" not in proc.stderr  # the waiting process ends quietly: no gloo traceback from it
+
+
 @pytest.mark.parametrize("data, why", [
     ("missing.txt", "does not exist"), ("empty.txt", "holds no text"), ("bad.json", "expected a JSON list"),
     ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2:"),
