@@ -573,7 +573,8 @@ def get_args(argv=None):
     p.add_argument("--comparisons", default=None, help="JSONL of {\"prompt\", \"chosen\", \"rejected\"} to train "
                    "the RM on (default: the simulated labeler)")
     p.add_argument("--label", action="store_true", help="you are the labeler: compare answers at the terminal, "
-                   "appended to OUT_DIR/comparisons.jsonl as you go; q quits, a later --label run continues")
+                   "appended to OUT_DIR/comparisons.jsonl as you go (simulated ones there are removed); q quits, "
+                   "a later --label run continues")
     p.add_argument("--n-comparisons", type=int, default=8000, help="labelling budget (simulated or --label)")
     p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt to compare")
     p.add_argument("--retrain-rm", action="store_true", help="collect comparisons and train the RM even if "
@@ -669,8 +670,6 @@ def main(argv=None):
         common.fail(f"the world has only {len(heldout_items)} held-out prompts: lower --spot-prompts")
     log(f"policy: {sft.num_params() / 1e6:.2f}M parameters from {init} | world of {len(world.people)} people: "
         f"{len(train_items)} train / {len(heldout_items)} held-out prompts | {device} in float32")
-    if not args.resume:
-        common.note_fresh_run([best_path, last_path], log)
 
     # ------------------------------------------------------------------------------------------------------
     # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
@@ -682,8 +681,11 @@ def main(argv=None):
             except ValueError as e:
                 common.fail(f"{e} (move the file away to start over)")
             if any(r.get("labeler") != "human" for r in records):  # simulated ones can be made again
+                n_simulated = sum(r.get("labeler") != "human" for r in records)
                 records = [r for r in records if r.get("labeler") == "human"]
                 write_comparisons(cmp_path, records)
+                log(f"note: {cmp_path} held {n_simulated} comparisons by the simulated labeler: removed (a run "
+                    "without --label makes them again); the file is yours from now on")
         todo = args.n_comparisons - len(records)
         if todo > 0:
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
@@ -866,6 +868,8 @@ def main(argv=None):
         with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
+    if not args.resume:
+        common.note_fresh_run([best_path, last_path], log)
     buckets = prompt_buckets(tok, train_items, args.prompts_per_step)
     if args.prompts_per_step > max(map(len, buckets)):
         log(f"note: at most {max(map(len, buckets))} prompts share a length, so a step takes at most that many "

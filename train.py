@@ -4,7 +4,7 @@ Stage 1, pretraining: an "internet document generator" (seed 002) learned by nex
 Reads documents (the built-in world by default, or --data), trains a sentencepiece BPE tokenizer on them,
 tokenizes everything once into uint16 memmaps, then trains the Transformer of model.py to predict each
 next token. At the end the exam: validation loss, fact recall by completion ("Anna Ward lives in" ->
-"Clearwater": knowledge compressed into the weights), questions answered with the "Q: ... A:" framing
+"Thornbury": knowledge compressed into the weights), questions answered with the "Q: ... A:" framing
 of seed 001, and a few "dreamed" documents. Results go to out/report.md and out/report.json.
 
 Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, out/val.bin, out/base.pt
@@ -124,13 +124,15 @@ def prepare_data(args, log):
         with open(meta_path) as f:
             meta = json.load(f)
         recorded = {"files": source["files"], **meta.get("source", {})}  # data.json from before file stamps
-        if recorded == source and all(os.path.exists(os.path.join(args.out_dir, x))
-                                     for x in ("tok.model", "train.bin", "val.bin")):
+        there = all(os.path.exists(os.path.join(args.out_dir, x)) for x in ("tok.model", "train.bin", "val.bin"))
+        # ... and tok.model is still the one that wrote the .bin files (a data.json from before records none)
+        if there and recorded == source and meta.get("tokenizer") in (
+                None, Tokenizer(os.path.join(args.out_dir, "tok.model")).fingerprint):
             log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
                 f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
             return meta
         if args.resume:
-            raise ValueError(f"--resume with different data or vocab than {meta_path} records")
+            raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
         os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
     if args.data:
         docs = read_documents(args.data)
@@ -147,7 +149,7 @@ def prepare_data(args, log):
     tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size, args.threads)
     if tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
-    meta = {"source": source, "tokenizer_vocab": tok.vocab_size,
+    meta = {"source": source, "tokenizer_vocab": tok.vocab_size, "tokenizer": tok.fingerprint,
             "train_tokens": tokenize_to_file(tok, train_docs, os.path.join(args.out_dir, "train.bin")),
             "val_tokens": tokenize_to_file(tok, val_docs, os.path.join(args.out_dir, "val.bin"))}
     with common.atomic_open(meta_path) as f:  # written last: it vouches for tok.model, train.bin and val.bin

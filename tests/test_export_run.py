@@ -635,11 +635,13 @@ def benchmark(directory="/tmp/twofiles_bench"):
         export.write_blob(path, net, "base", 0, fake)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     size = os.path.getsize(path)
+    # the peak is the child's own VmHWM: getrusage's ru_maxrss survives fork and exec on Linux, so a child of
+    # this process (which holds torch) reported this process's 230-350 MB instead of run.py's ~115 MB
+    peak = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
+            "run_name='__main__')\nfinally:\n    status = open('/proc/self/status').read()\n"
+            "    print(f\"peak RSS {int(status.split('VmHWM:')[1].split()[0]) / 1024:.0f} MB\")\n")
     for threads in (1, 2):
-        cmd = [sys.executable, "-c", "import resource, runpy, sys; sys.argv = sys.argv[1:]; "
-               "exec('try: runpy.run_path(sys.argv[0], run_name=\"__main__\")\\nfinally: print(f\"peak RSS "
-               "{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\")')",
-               str(ROOT / "run.py"), path, "--bench", "--threads", str(threads)]
+        cmd = [sys.executable, "-c", peak, str(ROOT / "run.py"), path, "--bench", "--threads", str(threads)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         print(r.stdout.strip().replace("\n", " | "), r.stderr.strip())
     print(f"blob {size / 1e6:.1f} MB; RSS budget 2.5 x blob + 60 MB = {2.5 * size / 2**20 + 60:.0f} MB")

@@ -231,6 +231,16 @@ def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys
     assert not os.path.exists(out_dir / "rm.pt")
 
 
+def test_label_mode_says_it_removes_simulated_comparisons(out_dir, monkeypatch, capsys):
+    row = {"prompt": "Q?", "chosen": "a", "rejected": "b", "labeler": "simulated"}
+    (out_dir / "comparisons.jsonl").write_text(json.dumps(row) + "\n")
+    (out_dir / "rlhf.pt").write_bytes(b"an earlier run's")  # quitting before RL saves over nothing: no note
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
+    rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST])
+    out = capsys.readouterr().out
+    assert "held 1 comparisons by the simulated labeler: removed" in out and "note: a fresh run" not in out
+
+
 def test_a_failed_comparisons_run_keeps_the_old_file(out_dir):
     old = out_dir / "comparisons.jsonl"
     old.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n")

@@ -176,6 +176,19 @@ def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path, capsys):
     assert (out / "tok.model").read_bytes() == tok and (out / "base.pt").read_bytes() == good
 
 
+def test_a_swapped_tok_model_is_not_trusted_with_the_old_token_files(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, "--max-steps", "1", "--exam-items", "0")
+    run(b, "--max-steps", "1", "--exam-items", "0", "--world-seed", "8")  # same vocab size, other pieces
+    shutil.copy(b / "tok.model", a / "tok.model")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(a, "--max-steps", "2", "--resume")
+    assert "different data, vocab or tok.model" in str(e.value.code)
+    run(a, "--max-steps", "1", "--exam-items", "0")  # a fresh run prepares the data again
+    assert "training the tokenizer" in capsys.readouterr().out
+
+
 def test_resume_from_another_directory_finds_the_same_data(tmp_path, monkeypatch):
     (tmp_path / "t.txt").write_text("".join(f"Story {i}: a cat named Tom{i} found a red ball.\n" for i in range(200)))
     monkeypatch.chdir(tmp_path)
