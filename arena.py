@@ -24,7 +24,7 @@ import torch
 import common
 import run as runtime
 import world as world_lib
-from model import CheckpointError, generate_many, load_checkpoint
+from model import CheckpointError, generate_many, load_checkpoint, require_checkpoint
 from tokenizer import Tokenizer
 
 # the unleashed runs' last policies (rlhf.py --kl-coef 0 --tag nokl, and the hacking demo --tag hack), not their
@@ -37,8 +37,7 @@ DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt", "rlh
 
 def checkpoint_player(path, temperature, max_new_tokens, seed):
     """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+    require_checkpoint(path)
     tok = Tokenizer(os.path.join(os.path.dirname(os.path.abspath(path)), "tok.model"))  # the one beside it
     model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
     model.eval()
@@ -151,9 +150,8 @@ def get_args(argv=None):
     p.add_argument("--world-seed", type=int, default=None, help="world seed (default: from the first checkpoint)")
     p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the labeler's noise")
     args = p.parse_args(argv)
-    common.check_ranges(p, args, at_least_1=("questions", "max_new_tokens", "world_people"), at_least_0=("temperature",))
-    if args.world_people is not None and not 2 <= args.world_people <= world_lib.MAX_PEOPLE:
-        p.error(f"--world-people must be in 2..{world_lib.MAX_PEOPLE} (got {args.world_people})")
+    common.check_ranges(p, args, at_least_1=("questions", "max_new_tokens"), at_least_0=("temperature",),
+                        people=("world_people",))
     return args
 
 

@@ -380,8 +380,7 @@ def main(argv=None):
     written = "the output"  # named in a write error once known
     try:
         ckpt = args.ckpt or default_checkpoint()
-        if not os.path.isfile(ckpt):
-            raise model.CheckpointError(f"no checkpoint at {ckpt}")
+        model.require_checkpoint(ckpt)
         tok_path = args.tokenizer or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "tok.model")
         net, stage, step, tok = load(ckpt, tok_path)
         default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]

@@ -358,13 +358,19 @@ def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **ext
     os.replace(tmp, path)
 
 
+def require_checkpoint(path):
+    """CheckpointError unless `path` is a file: what a script checks before opening the tokenizer beside it, so a
+    missing checkpoint is named as such (and before train.py's data prep replaces that tokenizer)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+
+
 def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     """Read a checkpoint (weights_only: no code from the file runs) and rebuild its model from model_args.
     stages: the stage names acceptable to the caller; tokenizer: the fingerprint of the tokenizer the caller
     will use (tokenizer.Tokenizer.fingerprint), refused if the checkpoint records another. Returns
     (model, checkpoint dict)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+    require_checkpoint(path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; say so rather than relay torch's advice
         raise CheckpointError(f"{path} is not a readable twofiles checkpoint (not a file torch.save wrote)")
     try:

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
-                   load_checkpoint, lm_loss, save_checkpoint)
+                   load_checkpoint, lm_loss, require_checkpoint, save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
 # Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
@@ -272,16 +272,15 @@ def get_args(argv=None):
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    common.check_ranges(p, args, at_least_1=("world_people", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+    common.check_ranges(p, args, at_least_1=("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                              "seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval",
                                              "eval_batches", "log_interval"),
                         at_least_0=("warmup", "weight_decay", "grad_clip", "exam_items", "threads",
                                     "bench"),
-                        positive=("lr",), below_1=("dropout", "beta2"), fractions=("min_lr_ratio",))
+                        positive=("lr",), below_1=("dropout", "beta2"), fractions=("min_lr_ratio",),
+                        people=("world_people",))
     if args.seq_len < 2:  # a model of context 1 cannot be given a token and then write one
         p.error(f"--seq-len must be at least 2 (got {args.seq_len})")
-    if not 2 <= args.world_people <= world_lib.MAX_PEOPLE:
-        p.error(f"--world-people must be in 2..{world_lib.MAX_PEOPLE} (got {args.world_people})")
     # paths as absolute: a checkpoint records them, and --resume may run from another directory
     args.data = args.data and os.path.abspath(args.data)
     return args
@@ -338,8 +337,8 @@ def main(argv=None):
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
     try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
-        if args.init and not os.path.isfile(args.init):
-            raise CheckpointError(f"no checkpoint at {args.init}")
+        if args.init:
+            require_checkpoint(args.init)
         if not args.resume and not args.init:
             model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
     except (CheckpointError, ValueError) as e:
