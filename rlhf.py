@@ -112,6 +112,12 @@ def pad_batch(prompts, answers, device):
             torch.tensor(lengths, device=device))
 
 
+def sampling_generator(model, seed):
+    """A seeded generator on the model's device: torch.multinomial wants the two on the same device (a CPU
+    generator fails on CUDA or MPS), as train.py's dream does."""
+    return torch.Generator(device=model.tok_embeddings.weight.device).manual_seed(seed)
+
+
 def file_sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -130,7 +136,7 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
     """n comparisons by the simulated labeler: k answers per prompt, every pair of different answers labelled
     (world.label: Bradley-Terry noise on the gold score). Each record keeps the labeler's agreement with the
     gold ordering (its ceiling) and the gold scores, which only the report reads."""
-    rng, gen = random.Random(f"labeler-{seed}"), torch.Generator().manual_seed(seed)
+    rng, gen = random.Random(f"labeler-{seed}"), sampling_generator(model, seed)
     records, pos, chunk = [], 0, 256  # sorted by prompt length, a chunk samples in few equal-length batches
     while len(records) < n and pos < len(items):
         batch = sorted(items[pos:pos + chunk], key=lambda it: len(tok.encode(it["question"])))
@@ -490,7 +496,7 @@ def spot_check(policy, tok, items, sft_answers, max_new_tokens, seed):
     """The labeler compares the policy's answer with the SFT answer on each held-out prompt: the win-rate by
     fresh (noisy) labels, one per prompt."""
     answers = common.chat_answers(policy, tok, [it["question"] for it in items], max_new_tokens, temperature=1.0,
-                                  generator=torch.Generator().manual_seed(seed))
+                                  generator=sampling_generator(policy, seed))
     rng = random.Random(f"spot-{seed}")
     wins = [world_lib.label(it, t, s_t, rng, e, s_e) == 0
             for it, (_, t, e), (_, s_t, s_e) in zip(items, answers, sft_answers)]
@@ -691,7 +697,7 @@ def main(argv=None):
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
             items = rng.sample(train_items, min(len(train_items), 2 * todo))  # room for dropping identical pairs
             answers = sample_answers(sft, tok, items, 2, args.max_new_tokens,
-                                     torch.Generator().manual_seed(args.seed + len(records)))
+                                     sampling_generator(sft, args.seed + len(records)))
             pairs = [(it["question"], answers[2 * i][1], answers[2 * i + 1][1], answers[2 * i][2],
                       answers[2 * i + 1][2]) for i, it in enumerate(items)]
             pairs = [p for p in pairs if (p[1], p[3]) != (p[2], p[4])][:todo]  # the same answer twice teaches nothing
@@ -839,11 +845,13 @@ def main(argv=None):
     policy = copy.deepcopy(sft)
     for p in policy.parameters():
         p.requires_grad_(True)
-    policy.train()
+    # dropout off (TRL's disable_dropout does the same): the update's log-probabilities and KL must be those of
+    # the policy that sampled the answers (generate samples in eval mode), or KL(policy || SFT) is not 0 at the start
+    policy.eval()
     optimizer = configure_optimizer(policy, args.lr, 0.0, (0.9, 0.95), device.split(":")[0])
     run_args = {**vars(args), "base_args": base_args}  # init as given: None is OUT_DIR/sft.pt, wherever that moves
     sft_spot = common.chat_answers(sft, tok, [it["question"] for it in spot_items], args.max_new_tokens,
-                                   temperature=1.0, generator=torch.Generator().manual_seed(args.seed + 1))
+                                   temperature=1.0, generator=sampling_generator(sft, args.seed + 1))
     step, rows, best, last_answers = 0, [], {"step": 0, "spot": -1.0}, []
     if ckpt is not None:
         policy.load_state_dict(ckpt["model"])
@@ -889,7 +897,7 @@ def main(argv=None):
                 g["lr"] = lr
             items = step_prompts(buckets, args.prompts_per_step, random.Random(f"rl-{args.seed}-{step}"))
             batch = rollout_batch(policy, sft, rm, tok, items, args.samples, args.max_new_tokens,
-                                  torch.Generator().manual_seed(args.seed * 100_003 + step), reward_norm)
+                                  sampling_generator(policy, args.seed * 100_003 + step), reward_norm)
             x, y = batch["x"], batch["y"]
             mask = (y != -1).float()
             for epoch in range(args.ppo_epochs):
@@ -944,7 +952,7 @@ def main(argv=None):
     last_stats = {k: rows[-1][k] for k in ("proxy", "gold", "kl")}
     kept, _ = load_checkpoint(best_path, device, stages=("rlhf",))
     kept.eval()
-    gen = torch.Generator().manual_seed(args.seed + 2)
+    gen = sampling_generator(kept, args.seed + 2)
     questions = [it["question"] for it in eval_items]
     rl_ans = common.chat_answers(kept, tok, questions, args.max_new_tokens, temperature=1.0, generator=gen)
     sft_ans = common.chat_answers(sft, tok, questions, args.max_new_tokens, temperature=1.0, generator=gen)
@@ -1043,7 +1051,7 @@ def main(argv=None):
     if best["step"] != step:  # the end of the run too: where hacking shows
         last = load_checkpoint(last_path, device, stages=("rlhf",))[0].eval()
         end_ans = common.chat_answers(last, tok, questions[:4], args.max_new_tokens, temperature=1.0,
-                                      generator=torch.Generator().manual_seed(args.seed + 3))
+                                      generator=sampling_generator(last, args.seed + 3))
         lines += ["", f"Answers of the last policy (step {step}):", "",
                   common.md_table(["question", "answer", "gold"],
                                   [[it["question"], t, f"{world_lib.gold_score(it, t, e):+.1f}"]

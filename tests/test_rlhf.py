@@ -284,6 +284,22 @@ def test_a_diverged_run_stops_before_writing_nan_weights(out_dir, flags, saved):
     assert written == set(saved)  # rlhf.pt: the step-0 policy, the SFT model's copy
 
 
+def test_rl_log_probs_are_the_sampling_policys_even_with_dropout(out_dir, tok):
+    """An SFT model trained with --dropout: at step 1 the policy is the SFT model, so both KLs must be 0 (with
+    dropout left on in the update they were not: the log-probs were those of a dropped-out network)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=96,
+                                  dropout=0.3))
+    save_checkpoint(str(out_dir / "sft.pt"), model, "sft", args={"base_args": {"world_people": 12, "world_seed": 7}})
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
+            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack")]
+    path = out_dir / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(path), "--steps", "1", "--rm-heldout", "0.5", *FAST])
+    first = json.loads(open(out_dir / "rl_curve.jsonl").readline())
+    assert abs(first["kl"]) < 1e-4 and abs(first["kl_sampled"]) < 1e-4, first
+
+
 def test_torchrun_is_refused_before_any_work(out_dir, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as e:
