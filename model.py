@@ -148,7 +148,7 @@ class Attention(nn.Module):
         S, dropout = k.shape[2], self.dropout if self.training else 0.0
         if T == 1:  # one new token sees everything so far
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, nh, T, hs)
-        elif start_pos == 0 and S == T:  # a fresh prefix (all of training): causal
+        elif S == T:  # no cached prefix (all of training; start_pos > 0 only moves RoPE): causal
             y = causal_attention(q, k, v, dropout)
         else:  # a chunk after a cached prefix: query i sits at start_pos + i and sees keys 0..start_pos + i
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
@@ -269,7 +269,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     top k and/or the smallest set of tokens whose probability reaches top_p (nucleus, Holtzman et al. 2019)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature  # <= 0: no overflow at a tiny T
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

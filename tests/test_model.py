@@ -108,6 +108,16 @@ def test_sampling_filters():
     assert {model.sample_next(logits, 1.0, top_k=1, generator=g).item() for _ in range(20)} == {1}
     assert {model.sample_next(logits, 1.0, top_p=0.01, generator=g).item() for _ in range(20)} == {1}
     assert {model.sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(100)} == {1, 3}
+    assert model.sample_next(logits, 1e-39, generator=g).item() == 1  # a tiny temperature: greedy, not nan
+
+
+def test_a_chunk_at_a_later_position_without_a_cache_is_causal():
+    m = tiny().eval()
+    x = torch.randint(0, 64, (1, 8))
+    y = x.clone()
+    y[0, 5] = (x[0, 5] + 1) % 64
+    a, b = m(x, start_pos=3), m(y, start_pos=3)
+    assert torch.equal(a[:, :5], b[:, :5]) and not torch.equal(a[:, 5:], b[:, 5:])
 
 
 def test_generate_stops_and_batches_by_length():
