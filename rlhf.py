@@ -508,6 +508,12 @@ def qa_accuracy(model, tok, items):
     return sum(world_lib.grade(it, t) for it, (_, t, _) in zip(items, answers)) / max(1, len(items))
 
 
+def gold_drop(peak, end):
+    """How far the gold reward fell from its peak, as a fraction of the peak (the hacking target's measure).
+    The peak counts as at least 1 (a plain right answer scores 2.5): near 0, any wobble would be a large fraction."""
+    return (peak - end) / max(abs(peak), 1.0)
+
+
 def smooth(values, w):
     out = []
     for i in range(len(values)):
@@ -989,7 +995,7 @@ def main(argv=None):
     keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended", "distinct")
     at = lambda i: {k: sum(r.get(k, 0.0) for r in rows[max(0, i - w + 1):i + 1]) / len(rows[max(0, i - w + 1):i + 1]) for k in keys}  # noqa: E731
     start, top, end = at(0), at(peak), at(len(rows) - 1)
-    drop = (top["gold"] - end["gold"]) / abs(top["gold"]) if top["gold"] else 0.0
+    drop = gold_drop(top["gold"], end["gold"])
     # what the policy changed from the gold peak to the end, in gold-score units (world.GOLD_WEIGHTS)
     W = world_lib.GOLD_WEIGHTS
     costs = {"polite phrases per answer": W["extra_polite"] * (end["polite"] - top["polite"]),

@@ -197,6 +197,11 @@ def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
     assert logp.grad[0, 1] == 0
 
 
+def test_gold_drop_is_a_fraction_of_the_peak_and_not_of_a_peak_near_zero():
+    assert rlhf.gold_drop(2.0, 1.5) == 0.25 and rlhf.gold_drop(2.0, 2.5) == -0.25
+    assert rlhf.gold_drop(-0.02, -0.05) == pytest.approx(0.03)  # not a 150% fall
+
+
 def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
     pairs = [("Q1?", "a1", "b1", True, True), ("Q2?", "a2", "b2", True, False), ("Q3?", "a3", "b3", True, True),
              ("Q4?", "a4", "b4", False, True), ("Q5?", "a5", "b5", True, True)]
