@@ -101,6 +101,13 @@ def answer_ids(tok, text, ended):
     return encode_content(tok, text) + ([tok.end_id] if ended else [])
 
 
+def fits(tok, question, text, ended, max_len):
+    """Whether the answer, as the RM reads it (re-encoded from its text), fits the context after the prompt. A chat
+    marker or a stray byte the model sampled re-encodes to more tokens than it was sampled as, so an answer that
+    fit while it was sampled may not (with --max-new-tokens near the context)."""
+    return len(prompt_ids(tok, question)) + len(answer_ids(tok, text, ended)) <= max_len
+
+
 def pad_batch(prompts, answers, device):
     """Rows [prompt + answer], right-padded with 0: tokens (B, T), targets (B, T) = the next token where it is
     an answer token and -1 elsewhere (prompt, padding: the one masking convention), lengths (B,)."""
@@ -137,7 +144,7 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
     (world.label: Bradley-Terry noise on the gold score). Each record keeps the labeler's agreement with the
     gold ordering (its ceiling) and the gold scores, which only the report reads."""
     rng, gen = random.Random(f"labeler-{seed}"), sampling_generator(model, seed)
-    records, pos, chunk = [], 0, 256  # sorted by prompt length, a chunk samples in few equal-length batches
+    records, pos, chunk, too_long = [], 0, 256, 0  # sorted by prompt length: a chunk samples in few equal-length batches
     while len(records) < n and pos < len(items):
         batch = sorted(items[pos:pos + chunk], key=lambda it: len(tok.encode(it["question"])))
         pos += chunk
@@ -149,6 +156,10 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
                     (_, ta, ea), (_, tb, eb) = group[a], group[b]
                     if (ta, ea) == (tb, eb) or len(records) == n:
                         continue  # the same answer twice teaches nothing
+                    if not (fits(tok, it["question"], ta, ea, model.args.max_seq_len)
+                            and fits(tok, it["question"], tb, eb, model.args.max_seq_len)):
+                        too_long += 1
+                        continue
                     first = world_lib.label(it, ta, tb, rng, ea, eb)
                     (tc, ec), (tr, er) = ((ta, ea), (tb, eb)) if first == 0 else ((tb, eb), (ta, ea))
                     records.append({"prompt": it["question"], "chosen": tc, "rejected": tr, "chosen_ended": ec,
@@ -158,6 +169,8 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
                                     "gold_rejected": round(world_lib.gold_score(it, tr, er), 3),
                                     "correct_chosen": world_lib.grade(it, tc), "correct_rejected": world_lib.grade(it, tr)})
         log(f"comparisons: {len(records)}/{n} labelled ({pos} prompts x {k} answers sampled)", flush=True)
+    if too_long:
+        log(f"note: {too_long} pairs left out: an answer re-encodes longer than the context (lower --max-new-tokens)")
     return records
 
 
@@ -399,8 +412,9 @@ def rollout_batch(policy, ref, rm, tok, items, k, max_new_tokens, generator, rew
     prompts = [prompt_ids(tok, it["question"]) for it in items for _ in range(k)]
     ids = [a for a, _, _ in answers]
     x, y, _ = pad_batch(prompts, ids, device)
-    # the RM reads the answer as text (as it read the comparisons), so re-encode it
-    proxy = score_answers(rm, prompts, [answer_ids(tok, t, e) for _, t, e in answers])
+    # the RM reads the answer as text (as it read the comparisons), so re-encode it, cut to the context (see fits)
+    proxy = score_answers(rm, prompts, [answer_ids(tok, t, e)[:rm.args.max_seq_len - len(p)]
+                                        for p, (_, t, e) in zip(prompts, answers)])
     proxy = (proxy - reward_norm[0]) / reward_norm[1]
     with torch.no_grad():
         ref_logits = ref(x)  # (B, T, V)
@@ -706,7 +720,9 @@ def main(argv=None):
                                      sampling_generator(sft, args.seed + len(records)))
             pairs = [(it["question"], answers[2 * i][1], answers[2 * i + 1][1], answers[2 * i][2],
                       answers[2 * i + 1][2]) for i, it in enumerate(items)]
-            pairs = [p for p in pairs if (p[1], p[3]) != (p[2], p[4])][:todo]  # the same answer twice teaches nothing
+            max_len = sft.args.max_seq_len
+            pairs = [p for p in pairs if (p[1], p[3]) != (p[2], p[4])  # the same answer twice teaches nothing
+                     and fits(tok, p[0], p[1], p[3], max_len) and fits(tok, p[0], p[2], p[4], max_len)][:todo]
             log(f"labelling: {len(records)} comparisons saved so far, {todo} to go. Which answer is better?")
             saved, quit_ = label_at_terminal(pairs, cmp_path)
             if quit_:

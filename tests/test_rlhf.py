@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rlhf
+import world as world_lib
 from model import ModelArgs, Transformer, generate, save_checkpoint, token_logprobs
 from tokenizer import render_chat
 
@@ -200,6 +201,25 @@ def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
 def test_gold_drop_is_a_fraction_of_the_peak_and_not_of_a_peak_near_zero():
     assert rlhf.gold_drop(2.0, 1.5) == 0.25 and rlhf.gold_drop(2.0, 2.5) == -0.25
     assert rlhf.gold_drop(-0.02, -0.05) == pytest.approx(0.03)  # not a 150% fall
+
+
+def test_an_answer_that_re_encodes_past_the_context_is_left_out_or_cut(tok, tiny_world, monkeypatch):
+    """A sampled chat marker decodes to text that re-encodes to several tokens: with --max-new-tokens near the
+    context, an answer that fit as sampled may not fit as the RM reads it."""
+    items = world_lib.rl_prompts(tiny_world, "train")[:2]
+    long = "<|user|>" * 20  # 20 sampled tokens, many more spelled out
+    assert not rlhf.fits(tok, items[0]["question"], long, True, 96)
+    monkeypatch.setattr(rlhf, "sample_answers", lambda model, tok, items, k, n, gen: [
+        ([5] * 20, text, True) for _ in items for text in ("It is a bakery.", "A cook.", long)][:len(items) * k])
+    logs = []
+    records = rlhf.simulated_comparisons(tiny_model(tok.vocab_size), tok, items, 10, 3, 20, 0,
+                                          lambda line, **kw: logs.append(line))
+    assert len(records) == 2 and all(long not in (r["chosen"], r["rejected"]) for r in records)
+    assert "4 pairs left out" in logs[-1]
+    policy = tiny_model(tok.vocab_size)
+    rm = rlhf.reward_model_from(policy, 1.0)
+    batch = rlhf.rollout_batch(policy, policy, rm, tok, items[:1], 3, 20, None, (0.0, 1.0))  # no error
+    assert batch["proxy"].shape == (3,) and torch.isfinite(batch["proxy"]).all()
 
 
 def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
