@@ -247,10 +247,20 @@ def test_chat_feeds_exactly_the_rendered_conversation(pair, tok, monkeypatch, ca
 
 def test_chat_longer_than_the_context_drops_old_turns_never_crashes(pair, tok, monkeypatch, capsys):
     lines = ["tell me about Anna and her town " * 3, "and Ben?", "x " * 200, "and who is Clara?"]
-    rec, messages = chat_session(pair, tok, lines, monkeypatch, model_args={"max_seq_len": 48})
+    rec, messages = chat_session(pair, tok, lines, monkeypatch, model_args={"max_seq_len": 56}, system="Be brief.")
     err = capsys.readouterr().err
     assert "does not fit" in err and "dropped" in err
-    assert messages[-2]["content"] == "and who is Clara?" and len(rec.seq) <= 48
+    assert messages[-2]["content"] == "and who is Clara?" and len(rec.seq) <= 56
+    assert messages[0] == {"role": "system", "content": "Be brief."}  # the old turns go, the system message stays
+
+
+def test_a_chat_answer_ends_at_end_of_turn(pair):
+    _, rt, rtok, _ = pair
+    word = rtok.encode("Dunmore")[0]
+    script, calls = iter([word, rtok.end_id, rtok.eos_id, word, word]), []
+    sample = lambda logits: calls.append(1) or next(script)  # noqa: E731
+    messages = run.chat(rt, rtok, argparse_defaults(prompt="Where does Anna live?"), sample, run.Stats())
+    assert len(calls) == 2 and messages[-1]["content"] == rtok.decode([word]).removeprefix(rtok.content_prefix)
 
 
 def test_command_line_options_anywhere_and_odd_input(pair, capsys):

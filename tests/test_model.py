@@ -111,6 +111,32 @@ def test_sampling_filters():
     assert model.sample_next(logits, 1e-39, generator=g).item() == 1  # a tiny temperature: greedy, not nan
 
 
+def test_sampling_follows_the_softmax_at_the_temperature():
+    logits = torch.tensor([[0.0, 1.0]]).expand(4000, 2)
+    for t in (0.25, 4.0):
+        g = torch.Generator().manual_seed(0)
+        freq = model.sample_next(logits, t, generator=g).float().mean().item()
+        assert freq == pytest.approx(torch.softmax(torch.tensor([0.0, 1.0]) / t, -1)[1].item(), abs=0.03)
+
+
+def test_generate_with_the_cache_is_greedy_over_the_full_forward():
+    m = tiny().eval()
+    seq = [1, 2, 3]
+    out = model.generate(m, torch.tensor([seq]), 6, temperature=0.0)[0]
+    for _ in range(6):
+        seq.append(m(torch.tensor([seq]))[0, -1].argmax().item())
+    assert out == seq[3:]
+
+
+def test_weight_decay_only_on_matrices():
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, reward_head=True))
+    decay, no_decay = model.configure_optimizer(m, 1e-3, 0.1, (0.9, 0.95), "cpu").param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in m.named_parameters() if p.dim() < 2}
+    assert any(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
+
+
 def test_a_chunk_at_a_later_position_without_a_cache_is_causal():
     m = tiny().eval()
     x = torch.randint(0, 64, (1, 8))
