@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 import arena
+import world
 from model import CheckpointError, ModelArgs, Transformer, save_checkpoint
 
 
@@ -54,3 +55,24 @@ def test_a_bare_checkpoint_name_reads_the_tokenizer_beside_it(tmp_path, monkeypa
     assert len(answer(["Where does Anna live?"])) == 1
     with pytest.raises(CheckpointError, match="no checkpoint at none.pt"):
         arena.checkpoint_player("none.pt", 1.0, 4, seed=0)
+
+
+def test_intervals_come_from_resampling_the_battles():
+    rng = random.Random(0)
+    fights = [(q, 0, 1, 0 if rng.random() < 0.6 else 1) for q in range(100)]
+    point, lo, hi = arena.ratings_with_intervals(fights, 2, 100, rounds=50)
+    assert all(hi[i] - lo[i] > 20 and lo[i] < point[i] < hi[i] for i in range(2))
+
+
+def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_world):
+    items = {it["question"]: it for it in world.rl_prompts(tiny_world, "heldout")}
+
+    def player(path, *args):
+        good = path.startswith("good")
+        return (lambda questions: [(f"{items[q]['subject']} has the answer {items[q]['answer']}." if good
+                                    else "I do not know.", True) for q in questions],
+                {"world_people": 12, "world_seed": 7})
+    monkeypatch.setattr(arena, "checkpoint_player", player)
+    arena.main(["bad.pt", "good.pt", "--out-dir", str(tmp_path), "--questions", "30"])
+    first = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
+    assert "good" in first and "bad" not in first

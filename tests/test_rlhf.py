@@ -1,8 +1,11 @@
 """rlhf.py: the Bradley-Terry loss and accuracy, answers encoded as the chat template writes them, log-probs
-only on answer tokens, KL 0 against itself, the policy gradient raises a toy reward, PPO's clip stops tokens
-outside the trust region, the terminal labeler saves exactly what was chosen and continues where it stopped,
-bad comparison files are reported by line, and a tiny run writes and reuses what it should."""
+only on answer tokens, KL 0 against itself and KL(policy || reference) in that direction, the policy gradient
+raises a toy reward, PPO's clip stops tokens outside the trust region and compares with the policy that sampled,
+the RL reward is the RM score minus beta x the sampled KL, dropout is off in the update, a resumed RL run equals
+an uninterrupted one, the terminal labeler saves exactly what was chosen and continues where it stopped, bad
+comparison files are reported by line, and a tiny run writes and reuses what it should."""
 import io
+import math
 import json
 import os
 import re
@@ -177,6 +180,12 @@ def test_policy_gradient_raises_a_toy_reward():
     assert sum(means[-5:]) / 5 > sum(means[:5]) / 5 + 1.0
 
 
+def test_kl_exact_is_policy_to_reference():
+    policy, ref = torch.log(torch.tensor([[[0.9, 0.1]]])), torch.log(torch.tensor([[[0.5, 0.5]]]))
+    want = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # KL(ref || policy) would be 0.511
+    assert rlhf.kl_exact(policy, ref, torch.ones(1, 1)).item() == pytest.approx(want, rel=1e-4)
+
+
 def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
     """On the first update (ratio 1) the surrogate's gradient is REINFORCE's, -A per token log-prob; on a later
     one a token whose ratio is already past 1 + eps (advantage > 0) or below 1 - eps (advantage < 0) gets none."""
@@ -349,6 +358,8 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
         assert os.path.exists(out_dir / name), name
     report = json.load(open(out_dir / "report.json"))
     assert {"accuracy", "labeler_ceiling", "wall_s"} <= set(report["rm"])
+    rm = report["rm"]  # every comparison is either trained on or held out, never both
+    assert rm["heldout_pairs"] > 0 and rm["train_pairs"] + rm["heldout_pairs"] == rm["comparisons"] == 12
     assert {"gold_winrate_vs_sft", "kl", "qa_after", "wall_s"} <= set(report["rlhf"])
     assert 0 <= report["rlhf"]["gold_winrate_vs_sft"] <= 1 and report["rlhf"]["kl"] >= 0
     curve = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
@@ -403,3 +414,42 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     with pytest.raises(SystemExit) as e:
         rlhf.main(["--out-dir", str(copy), "--tag", "head", "--resume", "--steps", "6"])
     assert "not the SFT model this run started from" in str(e.value.code)
+
+
+def job_pairs(out_dir):
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
+            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+    path = out_dir / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--out-dir", str(out_dir), "--comparisons", str(path), "--rm-heldout", "0.3", "--eval-interval", "100",
+            *FAST]
+
+
+def test_the_rl_reward_is_the_rm_score_minus_beta_times_the_sampled_kl(out_dir, monkeypatch):
+    seen, real = [], rlhf.leave_one_out
+    monkeypatch.setattr(rlhf, "leave_one_out", lambda r, k: seen.append(r.mean().item()) or real(r, k))
+    rlhf.main(job_pairs(out_dir) + ["--steps", "3", "--kl-coef", "1.0", "--lr", "1e-2"])
+    rows = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
+    assert len(seen) == 3 and any(abs(r["kl_sampled"]) > 1e-2 for r in rows[1:])
+    for r, got in zip(rows, seen):
+        assert got == pytest.approx(r["proxy"] - 1.0 * r["kl_sampled"], abs=2e-3)
+
+
+def test_ppo_epochs_compare_with_the_policy_that_sampled(out_dir, monkeypatch):
+    calls, real = [], rlhf.policy_loss
+    monkeypatch.setattr(rlhf, "policy_loss",
+                        lambda logp, old, *a: calls.append((logp.detach().clone(), old.clone())) or real(logp, old, *a))
+    rlhf.main(job_pairs(out_dir) + ["--steps", "1", "--ppo-epochs", "2", "--lr", "1e-2"])
+    (logp0, old0), (logp1, old1) = calls
+    assert torch.equal(old0, old1) and torch.equal(logp0, old0) and not torch.equal(logp1, old1)
+
+
+def test_a_resumed_rl_run_equals_an_uninterrupted_one(out_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(out_dir, other, ignore=shutil.ignore_patterns("other"))
+    rlhf.main(job_pairs(out_dir) + ["--steps", "4", "--lr", "1e-2"])
+    rlhf.main(job_pairs(other) + ["--steps", "2", "--lr", "1e-2"])
+    rlhf.main(job_pairs(other) + ["--steps", "4", "--lr", "1e-2", "--resume"])
+    a = torch.load(out_dir / "rlhf_last.pt", weights_only=True)["model"]
+    b = torch.load(other / "rlhf_last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -40,6 +40,11 @@ def test_targets_are_the_assistant_tokens_and_end(tok):
     assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
 
 
+def test_collate_pads_inputs_with_0_and_targets_with_minus_1():
+    xs, ys = sft.collate([([1, 2, 3], [-1, 5, 6]), ([7], [8])], "cpu")
+    assert xs.tolist() == [[1, 2, 3], [7, 0, 0]] and ys.tolist() == [[-1, 5, 6], [8, -1, -1]]
+
+
 def test_long_conversations_lose_whole_turns(tok):
     msgs = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."},
             {"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok " * 100}]
@@ -171,3 +176,44 @@ def test_a_chat_file_with_bad_bytes_or_a_directory_is_named_clearly(tmp_path):
         sft.read_chat_jsonl(str(path))
     with pytest.raises(ValueError, match="is a directory"):
         sft.read_chat_jsonl(str(tmp_path))
+
+
+def chats(tmp_path, n=40):
+    rows = [{"messages": [{"role": "user", "content": f"Question number {i}?"},
+                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(n)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_validation_conversations_are_never_trained_on(tmp_path, base_dir, monkeypatch):
+    seen, in_eval = {"train": set(), "val": set()}, [False]
+    real_collate, real_eval = sft.collate, sft.eval_loss
+
+    def collate(examples, device):
+        seen["val" if in_eval[0] else "train"].update(tuple(x) for x, _ in examples)
+        return real_collate(examples, device)
+
+    def eval_loss(*a, **k):
+        in_eval[0] = True
+        try:
+            return real_eval(*a, **k)
+        finally:
+            in_eval[0] = False
+    monkeypatch.setattr(sft, "collate", collate)
+    monkeypatch.setattr(sft, "eval_loss", eval_loss)
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--data", str(chats(tmp_path)), "--val-fraction", "0.25", "--epochs", "1",
+              "--pretrain-mix", "0", "--exam-items", "0"])
+    assert len(seen["val"]) == 10 and len(seen["train"]) == 30 and not seen["val"] & seen["train"]
+
+
+def test_the_pretraining_mix_draws_new_windows_each_step(tmp_path, base_dir, monkeypatch):
+    drawn, real = [], sft.common.get_batch
+    monkeypatch.setattr(sft.common, "get_batch", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--data", str(chats(tmp_path)), "--epochs", "1", "--batch-size", "8",
+              "--pretrain-mix", "2", "--exam-items", "0"])
+    assert len(drawn) >= 3 and not any(torch.equal(drawn[0][0], x) for x, _ in drawn[1:])

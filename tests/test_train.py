@@ -325,3 +325,20 @@ def test_odd_inputs_of_real_text_runs(tmp_path, capsys):
     assert meta["val_tokens"] < meta["train_tokens"] / 20  # ~1% held out, not everything after "Title"
     with open(tmp_path / "out" / "tok.model", "rb") as f:
         assert f.read()  # a corpus of one 54,000-character line still trains a tokenizer (cut into pieces)
+
+
+def test_lr_warms_up_from_the_first_step_and_ends_at_min_lr():
+    lrs = [train.lr_at(s, 20, 1.0, 4, 0.1) for s in range(21)]
+    assert lrs[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[20] == pytest.approx(0.1) == min(lrs)
+
+
+def test_own_text_holds_out_documents_the_training_tokens_do_not_contain(tmp_path):
+    docs = [f"Story {i}: a cat named Tom{i} found {i % 7} red balls." for i in range(300)]
+    (tmp_path / "a.txt").write_text("<|endoftext|>".join(docs))
+    args = train.get_args(["--out-dir", str(tmp_path / "out"), "--data", str(tmp_path / "a.txt"), "--vocab-size", "300"])
+    os.makedirs(args.out_dir)
+    meta = train.prepare_data(args, lambda *a, **k: None)
+    tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+    per_doc = [len(tok.encode(d)) + 2 for d in docs]  # each document between BOS and EOS
+    assert meta["val_tokens"] == sum(per_doc[-3:]) and meta["train_tokens"] == sum(per_doc[:-3])  # the last 1%

@@ -5,6 +5,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import world as W  # noqa: E402
 
@@ -249,3 +251,14 @@ def test_tiny_world_end_to_end():
         for it in fn(world):
             assert W.grade(it, it["answer"])
             assert W.gold_score(it, it["answer"] + ".") > W.gold_score(it, wrong_key(it) + ".")
+
+
+def test_gold_length_penalty_is_half_a_point_per_100_characters_beyond_160():
+    world = W.make_world(12, seed=7)
+    item = W.qa_items(world, world.people, "sft")[0]
+    right = W.CANONICAL[item["attribute"]].format(name=item["subject"], value=item["answer"])
+    s = item["subject"]
+    long = right + (f" {s} is well known in the valley and many people ask about {s} every single day of the week, "
+                    f"which is why {s} now keeps a small notebook of answers at home.")
+    assert len(right) < 160 < len(long)
+    assert W.gold_score(item, long) == pytest.approx(W.gold_score(item, right) - 0.5 * (len(long) - 160) / 100)
