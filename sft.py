@@ -252,7 +252,10 @@ def main(argv=None):
         epoch, k = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + epoch)).tolist()
         rows = order[k * args.batch_size:(k + 1) * args.batch_size]
-        return [train[i] for i in rows[ddp.rank::ddp.world_size]]
+        mine = [train[i] for i in rows[ddp.rank::ddp.world_size]]
+        # the last batch of an epoch can have fewer rows than there are processes: one left without a row still
+        # takes part in the step (DDP waits for every process's backward), on a row it gives the weight 0 below
+        return (mine, True) if mine else ([train[rows[0]]], False)
 
     step, t_last, logged = start_step, common.Timer(), start_step
     with common.GracefulStop() as stop:
@@ -260,11 +263,12 @@ def main(argv=None):
             lr = common.linear_lr(step, max_steps, args.lr, args.warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x, y = collate(batch_rows(step), device)
+            rows, weighted = batch_rows(step)
+            x, y = collate(rows, device)
             with ctx:
                 loss = lm_loss(train_model(x), y)
                 if ddp.enabled:  # each process's mean over its own answer tokens, weighted so that DDP's mean of
-                    n = (y != -1).sum().item()  # the gradients is the mean over the whole batch's (N = 1 process)
+                    n = (y != -1).sum().item() if weighted else 0  # the gradients is the whole batch's mean (= 1 process)
                     loss = loss * n * ddp.world_size / ddp.sum(n)
                 if mix_data is not None:  # the same next-token loss on pretraining text, drawn anew per step
                     # (through the unwrapped model: DDP's forward runs once a step, the gradients of both
