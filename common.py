@@ -8,6 +8,7 @@ Not a framework: plain functions, each used by at least two scripts.
 import argparse
 import contextlib
 import ctypes
+import datetime
 import json
 import math
 import os
@@ -70,8 +71,8 @@ def add_system_args(p, dtype=True):
         # no float16: it needs loss scaling (a GradScaler) to keep small gradients from underflowing, which
         # the loops do not do; bfloat16 has float32's exponent range and needs none
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                       help="autocast precision on CUDA (auto: bfloat16 on CUDA, float32 elsewhere; CPU and MPS "
-                            "always train in float32)")
+                       help="autocast precision on CUDA (auto: bfloat16 on a GPU that has it in hardware, Ampere "
+                            "on, else float32; CPU and MPS always train in float32)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -116,8 +117,11 @@ def start(args):
     dtype = getattr(args, "dtype", "float32")
     if dtype == "bfloat16" and not device.startswith("cuda"):
         print(f"note: --dtype bfloat16 autocasts on CUDA only; on {device} this run trains in float32", file=sys.stderr)
-    if dtype == "auto" or not device.startswith("cuda"):
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype == "auto":  # bf16 where the GPU has it in hardware (Ampere on); older ones emulate it, slower than fp32
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False) \
+            else "float32"
+    elif not device.startswith("cuda"):
+        dtype = "float32"
     return device, dtype
 
 
@@ -139,8 +143,13 @@ class Dist:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.device = device
         if self.enabled:
+            if device.startswith("mps"):  # gloo moves CPU and CUDA tensors only, and nccl is CUDA's
+                fail("torchrun needs CUDA (nccl) or the CPU (gloo): no PyTorch backend moves MPS tensors; "
+                     "use one process on mps, or --device cpu")
             backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend)
+            # the master may prepare the data (tokenizer, token files) while the others wait at a barrier: NCCL's
+            # default timeout of 10 minutes is short for a large --data, so allow an hour
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=1))
             if device.startswith("cuda"):
                 self.device = f"cuda:{self.local_rank}"
                 torch.cuda.set_device(self.device)

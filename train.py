@@ -312,6 +312,8 @@ def bench(args, device, dtype):
           f"{device} {dtype}, {torch.get_num_threads()} threads")
     for step in range(args.bench + 2):  # two warm-up steps
         if step == 2:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)  # the warm-up's queued kernels are not timed
             timer = common.Timer()
         with ctx:
             loss = lm_loss(train_model(x[:, :-1]), x[:, 1:])
@@ -319,7 +321,7 @@ def bench(args, device, dtype):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # this run's GPU (cuda:1 is not the current device unless set)
     dt = timer() / args.bench
     print(f"bench: {dt * 1000:.0f} ms/step | {args.batch_size * args.seq_len / dt:,.0f} tokens/s")
 
@@ -385,8 +387,8 @@ def main(argv=None):
     batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        batch_gen.set_state(ckpt["batch_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        batch_gen.set_state(ckpt["batch_rng"].cpu())  # load_checkpoint moved every tensor to the device; these
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # are CPU generators' states, which only take CPU tensors
     train_model = torch.compile(model) if args.compile else model
     if ddp.enabled:
         train_model = DDP(train_model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)

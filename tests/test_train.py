@@ -1,5 +1,6 @@
 """train.py on a tiny world: the loss falls, a stopped run resumes bit-exactly, two gloo processes equal
 one process, bad input is one clear line and never destroys a checkpoint."""
+import argparse
 import json
 import os
 import re
@@ -342,3 +343,19 @@ def test_own_text_holds_out_documents_the_training_tokens_do_not_contain(tmp_pat
     tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
     per_doc = [len(tok.encode(d)) + 2 for d in docs]  # each document between BOS and EOS
     assert meta["val_tokens"] == sum(per_doc[-3:]) and meta["train_tokens"] == sum(per_doc[:-3])  # the last 1%
+
+
+def test_torchrun_on_mps_is_one_line_before_the_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(common.dist, "init_process_group", lambda **kw: pytest.fail("no backend moves MPS tensors"))
+    with pytest.raises(SystemExit) as e:
+        common.Dist("mps")
+    assert "no PyTorch backend moves MPS tensors" in str(e.value.code)
+
+
+def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatch):
+    monkeypatch.setattr(common, "pick_device", lambda name: "cuda")
+    args = argparse.Namespace(threads=0, device="cuda", dtype="auto")
+    for native, want in ((True, "bfloat16"), (False, "float32")):  # a T4 or V100 emulates bf16: slower than fp32
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+        assert common.start(args) == ("cuda", want)
