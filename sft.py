@@ -163,6 +163,8 @@ def get_args(argv=None):
     common.add_system_args(p)
     p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
     args = p.parse_args(argv)
+    if args.resume and args.init:  # as typed: a run started with --init records it, and --resume brings it back
+        p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/sft.pt)")
     if args.resume:  # the stopped run's flags unless given again, as train.py does
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
                                    os.path.join(args.out_dir, "sft.pt"),
@@ -171,8 +173,6 @@ def get_args(argv=None):
                                              "eval_interval"),
                         at_least_0=("warmup", "weight_decay", "grad_clip", "pretrain_mix", "exam_items", "threads"),
                         positive=("epochs", "lr"), below_1=("val_fraction",))
-    if args.resume and args.init:
-        p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/sft.pt)")
     # paths as absolute: a checkpoint records them, and --resume may run from another directory
     args.data, args.init = (x and os.path.abspath(x) for x in (args.data, args.init))
     return args

@@ -79,6 +79,16 @@ def test_resume_and_init_exclude_each_other(tmp_path, capsys):
     assert "--resume and --init exclude each other" in capsys.readouterr().err
 
 
+def test_a_run_started_with_init_can_be_resumed(tmp_path, base_dir):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    shutil.copy(base_dir / "base.pt", tmp_path / "other_base.pt")
+    flags = ["--out-dir", str(out), "--init", str(tmp_path / "other_base.pt"), "--epochs", "0.1", "--exam-items", "0"]
+    sft.main(flags)
+    args = sft.get_args(["--out-dir", str(out), "--resume"])  # it exited: --init came back from sft.pt
+    assert args.init == str(tmp_path / "other_base.pt") and args.epochs == 0.1
+
+
 def test_no_warmup_starts_at_the_full_learning_rate(tmp_path, base_dir, capsys):
     out = tmp_path / "out"
     shutil.copytree(base_dir, out)
