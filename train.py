@@ -113,21 +113,38 @@ def tokenize_to_file(tok, docs, path):
     return n
 
 
+def data_source(args):
+    """What the token files are made from, as data.json records it."""
+    return {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
+            "world_people": args.world_people, "world_seed": args.world_seed,
+            "files": data_files_stamp(args.data) if args.data else None}
+
+
+def prepared(args):
+    """out/data.json's record if out/ holds the tokenizer and token files of these data flags, else None."""
+    meta_path = os.path.join(args.out_dir, "data.json")
+    if not os.path.exists(meta_path):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    source = data_source(args)
+    recorded = {"files": source["files"], **meta.get("source", {})}  # data.json from before file stamps
+    there = all(os.path.exists(os.path.join(args.out_dir, x)) for x in ("tok.model", "train.bin", "val.bin"))
+    # ... and tok.model is still the one that wrote the .bin files (a data.json from before records none)
+    if there and recorded == source and meta.get("tokenizer") in (
+            None, Tokenizer(os.path.join(args.out_dir, "tok.model")).fingerprint):
+        return meta
+    return None
+
+
 def prepare_data(args, log):
     """Train the tokenizer and write out/train.bin and out/val.bin, unless out/data.json says the same data
     was already prepared (then reuse them: resuming must see the same tokens)."""
     meta_path = os.path.join(args.out_dir, "data.json")
-    source = {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
-              "world_people": args.world_people, "world_seed": args.world_seed,
-              "files": data_files_stamp(args.data) if args.data else None}
+    source = data_source(args)
     if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        recorded = {"files": source["files"], **meta.get("source", {})}  # data.json from before file stamps
-        there = all(os.path.exists(os.path.join(args.out_dir, x)) for x in ("tok.model", "train.bin", "val.bin"))
-        # ... and tok.model is still the one that wrote the .bin files (a data.json from before records none)
-        if there and recorded == source and meta.get("tokenizer") in (
-                None, Tokenizer(os.path.join(args.out_dir, "tok.model")).fingerprint):
+        meta = prepared(args)
+        if meta is not None:
             log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
                 f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
             return meta
@@ -339,8 +356,15 @@ def main(argv=None):
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
     try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
+        if args.resume:  # (without it, the flags fell back to the defaults and the data check spoke first)
+            require_checkpoint(ckpt_path)
         if args.init:
             require_checkpoint(args.init)
+            # the run keeps the checkpoint's tokenizer: data flags that would retrain out/tok.model would also
+            # orphan every checkpoint beside it, and then be refused by --init's tokenizer check anyway
+            if os.path.exists(os.path.join(args.out_dir, "tok.model")) and prepared(args) is None:
+                raise ValueError(f"--init keeps its tokenizer, but these data flags would replace {args.out_dir}/"
+                                 "tok.model: give the data flags its data.json records, or another --out-dir")
         if not args.resume and not args.init:
             model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
     except (CheckpointError, ValueError) as e:
@@ -375,12 +399,17 @@ def main(argv=None):
             start_step = ckpt["step"]
         elif args.init:
             model, _ = load_checkpoint(args.init, device, tokenizer=tok.fingerprint)
+            for k in SHAPE:  # recorded as trained (not the preset's), so --resume can compare typed values with it
+                setattr(args, k, getattr(model.args, k))
         else:
             model = Transformer(model_args(args, tok.vocab_size, args.dropout)).to(device)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
         common.fail(f"the model's vocab ({model.args.vocab_size}) is not the tokenizer's ({tok.vocab_size})")
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE if getattr(args, k) != getattr(model.args, k)]
+    if args.resume and changed:  # typed again with other values: they would be recorded, not used
+        common.fail(f"--resume continues the model of {ckpt_path}: {', '.join(changed)} cannot change its shape")
     if args.seq_len > model.args.max_seq_len:
         common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])

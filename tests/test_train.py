@@ -359,3 +359,33 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatc
     for native, want in ((True, "bfloat16"), (False, "float32")):  # a T4 or V100 emulates bf16: slower than fp32
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
         assert common.start(args) == ("cuda", want)
+
+
+def test_init_refuses_data_flags_that_would_replace_the_tokenizer(tmp_path, capsys):
+    run(tmp_path, "--max-steps", "2")
+    before = (tmp_path / "tok.model").read_bytes()
+    shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out-dir", str(tmp_path), "--init", str(tmp_path / "start.pt"), "--vocab-size", "500",
+                    "--world-people", "12", "--world-seed", "7"])
+    assert "would replace" in str(e.value.code) and (tmp_path / "tok.model").read_bytes() == before
+
+
+def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out-dir", str(tmp_path), "--resume"])
+    assert "base.pt" in str(e.value.code) and not os.listdir(tmp_path)
+    run(tmp_path, "--max-steps", "2")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3", "--dim", "64"])
+    assert "--dim 64 cannot change its shape" in str(e.value.code)
+
+
+def test_a_run_started_with_init_resumes_with_its_own_shape(tmp_path):
+    run(tmp_path, "--max-steps", "2", "--dim", "48", "--n-heads", "4")  # not the default preset's shape
+    shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
+    common_flags = ["--out-dir", str(tmp_path), "--world-people", "12", "--world-seed", "7", "--vocab-size", "600",
+                    "--seq-len", "64", "--batch-size", "4", "--eval-batches", "2", "--exam-items", "0"]
+    train.main(common_flags + ["--init", str(tmp_path / "start.pt"), "--max-steps", "2"])
+    train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])
+    assert torch.load(tmp_path / "base.pt", weights_only=True)["step"] == 3
