@@ -15,8 +15,8 @@ its tokenizer, and writes one of:
 
 After writing a blob, export.py checks it the way a user would: it loads the blob with run.py's own loader,
 compares run.py's logits with PyTorch's (on the same float16-rounded weights) at every position of a short
-prompt, times a greedy generation, and writes the `runtime` section of report.md / report.json in the blob's
-directory.
+prompt and times a greedy generation; a blob named model.bin (the default) also writes the `runtime` section of
+report.md / report.json in its directory.
 
 By default the latest stage's checkpoint in out/ (out/rlhf.pt, else out/sft.pt, else out/base.pt) goes to
 out/model.bin (blob), out/llama2c.bin + out/tokenizer.bin (llama2c) or out/model.gguf (gguf): the output goes
@@ -75,9 +75,10 @@ def check_out_path(out, inputs):
     if os.path.lexists(out) and not os.path.isfile(out):
         raise ValueError(f"--out {out} exists and is not a regular file")
     if (any(os.path.exists(out) and os.path.samefile(out, p) for p in inputs)
-            or out.endswith((".pt", ".model", ".vocab")) or os.path.basename(out) in ("report.md", "report.json")):
-        raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer or report; write to a new name, e.g. "
-                         "model.bin")
+            or out.endswith((".pt", ".model", ".vocab"))
+            or os.path.basename(out) in ("report.md", "report.json", "train.bin", "val.bin", "data.json")):
+        raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer, token file or report; write to a new "
+                         "name, e.g. model.bin")
 
 
 def load(ckpt_path, tok_path):

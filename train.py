@@ -84,7 +84,7 @@ def read_documents(path):
                 raise ValueError(f"{f}: expected a JSON list of {{\"story\": ...}} or {{\"text\": ...}} "
                                  f"({type(e).__name__})") from None
         elif f.endswith(".jsonl"):
-            for n, line in enumerate(text.splitlines(), 1):
+            for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): strings may hold U+2028
                 if line.strip():
                     try:
                         row = json.loads(line)

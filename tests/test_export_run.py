@@ -480,6 +480,7 @@ def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
                         (["--out", ""], "names no file"), (["--out", "new/"], "names no file"),
                         (["--out", "out/tok.vocab"], "would overwrite"),
                         (["--out", "out/report.md"], "would overwrite"),
+                        (["--out", "out/train.bin"], "would overwrite"),  # the pretraining tokens
                         (["--format", "llama2c", "--out", "out/tokenizer.bin"], "another name"),
                         (["--out", "out/base.pt/x.bin"], "base.pt is a file, not a directory")]:
         with pytest.raises(SystemExit) as e:

@@ -73,6 +73,13 @@ def test_malformed_jsonl_is_reported_by_line_before_training(tmp_path, base_dir,
     assert not os.path.exists(out / "sft.pt")
 
 
+def test_a_message_with_a_unicode_line_separator_is_one_line(tmp_path):
+    msgs = [{"role": "user", "content": "a\u2028b"}, {"role": "assistant", "content": "c\x85d"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": msgs}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert sft.read_chat_jsonl(str(path)) == [msgs]
+
+
 def test_resume_and_init_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sft.main(["--out-dir", str(tmp_path), "--resume", "--init", str(tmp_path / "base.pt")])

@@ -212,6 +212,9 @@ def test_reads_tinystories_json_shards_and_txt(tmp_path):
         "--seq-len", "32")
     report = json.load(open(tmp_path / "out" / "report.json"))["pretrain"]
     assert report["fact_recall"] is None and report["val_loss"] > 0  # no world exam on your own text
+    lines = [json.dumps({"text": s + " \u2028 x \x85 y"}, ensure_ascii=False) for s in stories[:3]]
+    (tmp_path / "odd.jsonl").write_text("\n".join(lines), encoding="utf-8")  # line separators inside strings
+    assert train.read_documents(str(tmp_path / "odd.jsonl")) == [s + " \u2028 x \x85 y" for s in stories[:3]]
     (tmp_path / "odd.json").write_text(json.dumps({"story": stories[0]}))  # an object, not a list of them
     with pytest.raises(ValueError, match="expected a JSON list"):
         train.read_documents(str(tmp_path / "odd.json"))
