@@ -511,7 +511,12 @@ def _wrong_value(world, item, rng):
         pool = tuple(p.mother for p in world.sft_people)
     if item["attribute"] == "child":
         pool = tuple(p.name for p in world.sft_people)
-    return rng.choice([c for c in pool if c != item["answer"]])
+    choices = [c for c in pool if c != item["answer"]]
+    if not choices:  # a world with one SFT person (2 or 3 people): a name nobody in the world has
+        taken = {p.name for p in world.people} | {p.mother for p in world.people}
+        firsts = MOTHER_FIRST_NAMES if item["attribute"] == "mother" else FIRST_NAMES
+        choices = [f"{f} {last}" for f in firsts for last in LAST_NAMES if f"{f} {last}" not in taken]
+    return rng.choice(choices)
 
 
 def sft_examples(world, n=None, seed=0):

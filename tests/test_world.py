@@ -187,6 +187,14 @@ def test_sft_never_uses_exam_phrasings_or_pretrain_only_people():
     assert n_reversed > 50
 
 
+@pytest.mark.parametrize("n_people", [2, 3])
+def test_the_smallest_worlds_make_sft_data_without_their_hidden_people(n_people):
+    world = W.make_world(n_people, seed=0)  # one SFT person: a wrong mother or child is a name nobody has
+    hidden = [p.name for p in world.pretrain_only_people] + [p.mother for p in world.pretrain_only_people]
+    convs = W.sft_conversations(world)
+    assert convs and not any(name in m["content"] for c in convs for m in c for name in hidden)
+
+
 # -- gold score and labeler -----------------------------------------------------
 
 def test_gold_score_orderings():
