@@ -181,6 +181,7 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device, dtype = common.start(args)
+    torch.manual_seed(args.seed)  # dropout's masks (when the base model has --dropout): the same run twice
     ddp = common.Dist(device)
     device, master = ddp.device, ddp.master
     log = print if master else (lambda *a, **k: None)
@@ -200,6 +201,9 @@ def main(argv=None):
         base_args = ckpt["args"] if ckpt["stage"] == "base" else ckpt["args"].get("base_args", {})
         world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))
         base_path = (ckpt["args"].get("init") or init) if args.resume else init  # the model SFT started from
+        if args.exam_items > 0 and not args.data and not os.path.exists(base_path):  # found now, not after training
+            raise ValueError(f"the exam compares with the model SFT started from, {base_path}, which is gone: "
+                             "put it back, or pass --exam-items 0")
         convs = read_chat_jsonl(args.data) if args.data else world_lib.sft_conversations(world, args.conversations)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
@@ -316,11 +320,14 @@ def main(argv=None):
         lines.append(f"- validation loss on held-out conversations (assistant tokens): **{val_loss:.3f}**")
     if args.exam_items > 0 and not args.data:
         log("exam: unseen phrasings for SFT-seen and pretraining-only people, reversal, base model ...", flush=True)
-        base, _ = load_checkpoint(base_path, device)
+        try:
+            base, _ = load_checkpoint(base_path, device, tokenizer=tok.fingerprint)
+        except CheckpointError as e:  # sft.pt is saved: only the exam is lost
+            common.fail(f"{e} (sft.pt is saved; only the exam is missing)")
         exam, rows, samples = sft_exam(model, base.eval(), tok, world, args.exam_items)
         metrics.update(exam)
         lines += [f"- answers that end with `<|end|>` (stop rate): **{exam['stop_rate']:.1%}**", "",
-                  "Exam phrasings never appear in the SFT data. Base = the pretrained model with the "
+                  "Exam phrasings never appear in the SFT data. Base = the model SFT started from, with the "
                   "`Q: ... A:` framing; SFT = the chat model.", "",
                   common.md_table(["questions about", "n", "base (Q/A framing)", "SFT (chat)"], rows), "",
                   "The reversal probe asks \"Who is <mother>'s child?\" when every document only ever said "

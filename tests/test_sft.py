@@ -237,3 +237,25 @@ def test_the_pretraining_mix_draws_new_windows_each_step(tmp_path, base_dir, mon
     sft.main(["--out-dir", str(out), "--data", str(chats(tmp_path)), "--epochs", "1", "--batch-size", "8",
               "--pretrain-mix", "2", "--exam-items", "0"])
     assert len(drawn) >= 3 and not any(torch.equal(drawn[0][0], x) for x, _ in drawn[1:])
+
+
+def test_a_missing_base_model_for_the_exam_is_named_before_training(tmp_path, base_dir):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--epochs", "0.1", "--exam-items", "0"])
+    os.remove(out / "base.pt")
+    before = (out / "sft.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(out), "--resume", "--epochs", "0.2", "--exam-items", "2"])
+    assert "base.pt, which is gone" in str(e.value.code) and (out / "sft.pt").read_bytes() == before
+
+
+def test_a_finetune_with_dropout_is_the_same_twice(tmp_path):
+    base = tmp_path / "base"
+    train.main(["--out-dir", str(base), *TINY_BASE, "--max-steps", "2", "--dropout", "0.2"])
+    runs = []
+    for name in ("a", "b"):
+        shutil.copytree(base, tmp_path / name)
+        sft.main(["--out-dir", str(tmp_path / name), "--epochs", "0.1", "--exam-items", "0"])
+        runs.append(torch.load(tmp_path / name / "sft.pt", weights_only=True)["model"])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
