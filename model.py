@@ -355,8 +355,12 @@ def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **ext
             "args": dict(args) if args is not None else {}, "chat_format": CHAT_FORMAT, **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:  # a full disk or a second Ctrl-C mid-write: no checkpoint-sized temp file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def require_checkpoint(path):

@@ -2,6 +2,7 @@
 straightforward re-implementations (Meta's complex-number RoPE, explicit softmax attention), init, losses,
 sampling, checkpoints."""
 import math
+import os
 
 import pytest
 import torch
@@ -155,6 +156,20 @@ def test_generate_stops_and_batches_by_length():
     stop = outs[0][2]
     cut = model.generate(m, torch.tensor([prompts[0]]), 6, temperature=0.0, stop_id=stop)[0]
     assert cut == outs[0][:outs[0].index(stop) + 1]
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    model.save_checkpoint(str(path), tiny(), "base")
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        model.save_checkpoint(str(path), tiny(), "base", step=1)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pt"]
 
 
 def test_checkpoint_roundtrip_and_errors(tmp_path):
