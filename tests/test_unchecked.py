@@ -258,44 +258,6 @@ def test_a_long_last_exchange_goes_as_a_whole(tok):
     assert x == ids[:-1] and y[-1] == tok.end_id
 
 
-@pytest.fixture
-def tiny_base(tmp_path, tok):
-    """An out dir with the tokenizer and a small untrained 'base.pt' (enough for sft.py on --data)."""
-    shutil.copy(tok.model_file, tmp_path / "tok.model")
-    torch.manual_seed(0)
-    net = model.Transformer(model.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
-    model.save_checkpoint(str(tmp_path / "base.pt"), net, "base", args={"world_people": 12, "world_seed": 7},
-                          tokenizer=tok.fingerprint)
-    return tmp_path
-
-
-def test_one_epoch_trains_on_every_conversation_with_a_short_last_batch(tiny_base, monkeypatch):
-    """sft.py: steps_per_epoch rounded down (the epoch's short last batch, here 6 of 30 conversations, was
-    never trained on)."""
-    rows = [{"messages": [{"role": "user", "content": f"Question number {i}?"},
-                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(40)]
-    (tiny_base / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    seen, in_eval = set(), [False]
-    real_collate, real_eval = sft.collate, sft.eval_loss
-
-    def collate(examples, device):  # the training batches: every collate outside eval_loss
-        if not in_eval[0]:
-            seen.update(tuple(x) for x, _ in examples)
-        return real_collate(examples, device)
-
-    def eval_loss(*a, **k):
-        in_eval[0] = True
-        try:
-            return real_eval(*a, **k)
-        finally:
-            in_eval[0] = False
-    monkeypatch.setattr(sft, "collate", collate)
-    monkeypatch.setattr(sft, "eval_loss", eval_loss)
-    sft.main(["--out-dir", str(tiny_base), "--data", str(tiny_base / "chats.jsonl"), "--val-fraction", "0.25",
-              "--epochs", "1", "--batch-size", "8", "--pretrain-mix", "0", "--exam-items", "0"])
-    assert len(seen) == 30
-
-
 def test_the_reversal_probe_asks_only_what_sft_never_taught(tok, tiny_world, monkeypatch):
     """sft.py: sft_exam's reversal set without the `not it["sft"]` filter (answers SFT itself taught counted)."""
     asked = []
