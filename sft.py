@@ -267,8 +267,8 @@ def main(argv=None):
             lr = common.linear_lr(step, max_steps, args.lr, args.warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            rows, weighted = batch_rows(step)
-            x, y = collate(rows, device)
+            batch, weighted = batch_rows(step)
+            x, y = collate(batch, device)
             with ctx:
                 loss = lm_loss(train_model(x), y)
                 if ddp.enabled:  # each process's mean over its own answer tokens, weighted so that DDP's mean of
