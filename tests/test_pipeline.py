@@ -75,8 +75,12 @@ def test_help_shows_defaults_but_never_an_empty_one(script, capsys):
 
 
 def test_pipeline_sh_puts_a_relative_out_dir_where_it_was_called_from(tmp_path):
-    # PYTHON=echo: each stage prints its command instead of running it
+    # a stand-in python prints each stage's command instead of running it; it reads its stdin as run.py --chat
+    # does (echo alone exits before the questions are piped in: printf's SIGPIPE then failed the script)
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\ncat >/dev/null\necho "$@"\n')
+    fake.chmod(0o755)
     result = subprocess.run(["bash", os.path.join(ROOT, "pipeline.sh"), "myrun"], cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "PYTHON": "echo"}, check=True)
+                            text=True, env={**os.environ, "PYTHON": str(fake)}, check=True)
     assert f"train.py --out-dir {tmp_path / 'myrun'}\n" in result.stdout
     assert f"The report card: {tmp_path / 'myrun'}/report.md" in result.stdout
