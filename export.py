@@ -378,7 +378,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     started = time.time()
-    written = "the output"  # named in a write error once known
+    written = None  # the output, named in a write error once known
     try:
         ckpt = args.ckpt or default_checkpoint()
         model.require_checkpoint(ckpt)
@@ -405,7 +405,7 @@ def main(argv=None):
     except (model.CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # a write error names no file (full disk) or a temp file: say which output failed
-        sys.exit(f"error: {e}" if written == "the output" else f"error: cannot write {written}: {e.strerror or e}")
+        sys.exit(f"error: {e}" if written is None else f"error: cannot write {written}: {e.strerror or e}")
     size = os.path.getsize(out)
     print(f"exported {ckpt} (stage {stage}, step {step}, {net.num_params() / 1e6:.2f}M parameters) "
           f"to {written} ({size / 1e6:.1f} MB, {args.format})")

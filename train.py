@@ -141,16 +141,16 @@ def prepare_data(args, log):
     """Train the tokenizer and write out/train.bin and out/val.bin, unless out/data.json says the same data
     was already prepared (then reuse them: resuming must see the same tokens)."""
     meta_path = os.path.join(args.out_dir, "data.json")
-    source = data_source(args)
+    meta = prepared(args)
+    if meta is not None:
+        log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
+            f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
+        return meta
     if os.path.exists(meta_path):
-        meta = prepared(args)
-        if meta is not None:
-            log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
-                f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
-            return meta
         if args.resume:
             raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
         os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
+    source = data_source(args)  # the files as they are when read
     if args.data:
         docs = read_documents(args.data)
         if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break near there
@@ -407,9 +407,10 @@ def main(argv=None):
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
         common.fail(f"the model's vocab ({model.args.vocab_size}) is not the tokenizer's ({tok.vocab_size})")
-    changed = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in SHAPE if getattr(args, k) != getattr(model.args, k)]
-    if args.resume and changed:  # typed again with other values: they would be recorded, not used
-        common.fail(f"--resume continues the model of {ckpt_path}: {', '.join(changed)} cannot change its shape")
+    if args.resume:  # shape flags typed again with other values would be recorded, not used
+        changed = [f"--{k.replace('_', '-')} {v}" for k in SHAPE if (v := getattr(args, k)) != getattr(model.args, k)]
+        if changed:
+            common.fail(f"--resume continues the model of {ckpt_path}: {', '.join(changed)} cannot change its shape")
     if args.seq_len > model.args.max_seq_len:
         common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
