@@ -14,6 +14,7 @@ Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, ou
     torchrun --standalone --nproc_per_node 2 train.py --grad-accum 2   # data parallel over 2 processes (or GPUs)
 """
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -254,7 +255,8 @@ def get_args(argv=None):
     p.add_argument("--n-kv-heads", type=int, help=preset_help("key/value heads (fewer than n-heads: grouped-query)", "n_kv_heads"))
     p.add_argument("--vocab-size", type=int, help=preset_help("BPE vocabulary size to train", "vocab_size"))
     p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len)", "seq_len"))
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout rate (default 0; with --init, the checkpoint's unless given)")
     # optimisation
     p.add_argument("--batch-size", type=int, help=preset_help("sequences per micro-batch", "batch_size"))
     p.add_argument("--grad-accum", type=int, help=preset_help("micro-batches per optimizer step (split over processes)", "grad_accum"))
@@ -402,7 +404,13 @@ def main(argv=None):
             for k in SHAPE:  # recorded as trained (not the preset's), so --resume can compare typed values with it
                 setattr(args, k, getattr(model.args, k))
         else:
-            model = Transformer(model_args(args, tok.vocab_size, args.dropout)).to(device)
+            model = Transformer(model_args(args, tok.vocab_size, args.dropout or 0.0)).to(device)
+        if args.dropout is None:  # not typed: the checkpoint's rate for --init (0 for a new model)
+            args.dropout = model.args.dropout
+        elif args.dropout != model.args.dropout:  # typed with --init or --resume: a training choice, not the shape
+            weights = model.state_dict()
+            model = Transformer(dataclasses.replace(model.args, dropout=args.dropout)).to(device)
+            model.load_state_dict(weights)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:

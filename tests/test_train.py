@@ -385,6 +385,22 @@ def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
     assert "--dim 64 cannot change its shape" in str(e.value.code)
 
 
+def test_init_takes_a_typed_dropout_and_otherwise_keeps_the_checkpoints(tmp_path):
+    run(tmp_path, "--max-steps", "2")
+    shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
+    flags = ["--out-dir", str(tmp_path), "--world-people", "12", "--world-seed", "7", "--vocab-size", "600",
+             "--seq-len", "64", "--batch-size", "4", "--eval-batches", "2", "--exam-items", "0", "--max-steps", "2"]
+    train.main(flags + ["--init", str(tmp_path / "start.pt"), "--dropout", "0.1"])  # was silently 0
+    ckpt = torch.load(tmp_path / "base.pt", weights_only=True)
+    assert ckpt["model_args"]["dropout"] == 0.1
+    shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
+    train.main(flags + ["--init", str(tmp_path / "start.pt")])
+    assert torch.load(tmp_path / "base.pt", weights_only=True)["model_args"]["dropout"] == 0.1
+    train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3", "--dropout", "0.2"])
+    ckpt = torch.load(tmp_path / "base.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["model_args"]["dropout"] == 0.2
+
+
 def test_a_run_started_with_init_resumes_with_its_own_shape(tmp_path):
     run(tmp_path, "--max-steps", "2", "--dim", "48", "--n-heads", "4")  # not the default preset's shape
     shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
