@@ -237,6 +237,7 @@ def main(argv=None):
     if args.resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step = ckpt["step"]
+        common.restore_dropout_rng(ckpt, device)
     train_model = DDP(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None) if ddp.enabled else model
     ctx = common.autocast(device, dtype)
     run_args = {**vars(args), "base_args": base_args}
@@ -249,7 +250,7 @@ def main(argv=None):
     def save(step):
         if master:
             save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args,
-                            tokenizer=tok.fingerprint)
+                            tokenizer=tok.fingerprint, **common.dropout_rng(device))
 
     def batch_rows(step):
         """The conversations of a step: epoch-wise permutations from the seed, so any step can be rebuilt."""

@@ -423,10 +423,10 @@ def main(argv=None):
         common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
-    if ckpt is not None:
+    if ckpt is not None:  # (load_checkpoint moved the RNG states to the device: generators take them on the CPU)
         optimizer.load_state_dict(ckpt["optimizer"])
-        batch_gen.set_state(ckpt["batch_rng"].cpu())  # load_checkpoint moved every tensor to the device; these
-        torch.set_rng_state(ckpt["torch_rng"].cpu())  # are CPU generators' states, which only take CPU tensors
+        batch_gen.set_state(ckpt["batch_rng"].cpu())
+        common.restore_dropout_rng(ckpt, device)
     train_model = torch.compile(model) if args.compile else model
     if ddp.enabled:
         train_model = DDP(train_model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
@@ -442,7 +442,7 @@ def main(argv=None):
         if master:
             save_checkpoint(ckpt_path, model, "base", step=step, optimizer=optimizer, args=vars(args),
                             tokenizer=tok.fingerprint,
-                            batch_rng=batch_gen.get_state(), torch_rng=torch.get_rng_state())
+                            batch_rng=batch_gen.get_state(), **common.dropout_rng(device))
 
     # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process
     # takes every world_size-th micro-batch, DDP averages the gradients (so N processes = 1 process)

@@ -152,9 +152,13 @@ def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     assert report.count("## SFT") == 1
 
 
-def test_ctrl_c_then_resume_alone_equals_an_uninterrupted_run(tmp_path, base_dir, monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # with dropout, the masks after the resume must be the same too
+def test_ctrl_c_then_resume_alone_equals_an_uninterrupted_run(tmp_path, base_dir, monkeypatch, dropout):
     flags = ["--epochs", "0.3", "--batch-size", "6", "--lr", "2e-3", "--exam-items", "0", "--eval-interval", "2",
              "--pretrain-mix", "2", "--pretrain-mix-len", "32"]  # a few steps, none of them defaults
+    if dropout:
+        base_dir = tmp_path / "base"
+        train.main(["--out-dir", str(base_dir), *TINY_BASE, "--max-steps", "2", "--dropout", str(dropout)])
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     shutil.copytree(base_dir, full)
     shutil.copytree(base_dir, stopped)
