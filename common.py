@@ -243,21 +243,11 @@ def get_batch(data, batch_size, seq_len, generator):
     return xy[:, :-1], xy[:, 1:]
 
 
-def dropout_rng(device):
-    """The states of the generators dropout draws its masks from (the CPU's, and the GPU's on CUDA), saved in a
-    checkpoint so that --resume replays the masks the stopped run would have drawn."""
-    states = {"torch_rng": torch.get_rng_state()}
-    if device.startswith("cuda"):
-        states["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def restore_dropout_rng(ckpt, device):
-    """dropout_rng's states back (load_checkpoint moved them to the device; generators take CPU tensors)."""
-    if "torch_rng" in ckpt:
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-    if "cuda_rng" in ckpt and device.startswith("cuda"):
-        torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+def seed_dropout(seed, step, rank=0, world_size=1):
+    """Seed the generators dropout draws its masks from (the CPU's and every GPU's) for one optimizer step of one
+    process: a resumed run draws the masks the stopped run would have drawn (no RNG state to save), and under
+    torchrun each process draws its own, as nanoGPT seeds each process apart (seed + rank)."""
+    torch.manual_seed(seed + 1_000_003 * (step * world_size + rank + 1))
 
 
 def linear_lr(step, max_steps, lr, warmup):

@@ -181,7 +181,6 @@ def get_args(argv=None):
 def main(argv=None):
     args = get_args(argv)
     device, dtype = common.start(args)
-    torch.manual_seed(args.seed)  # dropout's masks (when the base model has --dropout): the same run twice
     ddp = common.Dist(device)
     device, master = ddp.device, ddp.master
     log = print if master else (lambda *a, **k: None)
@@ -237,7 +236,6 @@ def main(argv=None):
     if args.resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step = ckpt["step"]
-        common.restore_dropout_rng(ckpt, device)
     train_model = DDP(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None) if ddp.enabled else model
     ctx = common.autocast(device, dtype)
     run_args = {**vars(args), "base_args": base_args}
@@ -250,7 +248,7 @@ def main(argv=None):
     def save(step):
         if master:
             save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args,
-                            tokenizer=tok.fingerprint, **common.dropout_rng(device))
+                            tokenizer=tok.fingerprint)
 
     def batch_rows(step):
         """The conversations of a step: epoch-wise permutations from the seed, so any step can be rebuilt."""
@@ -269,6 +267,8 @@ def main(argv=None):
             for g in optimizer.param_groups:
                 g["lr"] = lr
             batch, weighted = batch_rows(step)
+            if model.args.dropout:
+                common.seed_dropout(args.seed, step, ddp.rank, ddp.world_size)
             x, y = collate(batch, device)
             with ctx:
                 loss = lm_loss(train_model(x), y)

@@ -423,10 +423,9 @@ def main(argv=None):
         common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
-    if ckpt is not None:  # (load_checkpoint moved the RNG states to the device: generators take them on the CPU)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        batch_gen.set_state(ckpt["batch_rng"].cpu())
-        common.restore_dropout_rng(ckpt, device)
+        batch_gen.set_state(ckpt["batch_rng"].cpu())  # (load_checkpoint moved it to the device: a CPU generator)
     train_model = torch.compile(model) if args.compile else model
     if ddp.enabled:
         train_model = DDP(train_model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
@@ -442,7 +441,7 @@ def main(argv=None):
         if master:
             save_checkpoint(ckpt_path, model, "base", step=step, optimizer=optimizer, args=vars(args),
                             tokenizer=tok.fingerprint,
-                            batch_rng=batch_gen.get_state(), **common.dropout_rng(device))
+                            batch_rng=batch_gen.get_state())
 
     # the loop: one optimizer step = grad_accum micro-batches drawn as one global batch; each process
     # takes every world_size-th micro-batch, DDP averages the gradients (so N processes = 1 process)
@@ -453,6 +452,8 @@ def main(argv=None):
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = common.get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)
+            if model.args.dropout:
+                common.seed_dropout(args.seed, step, ddp.rank, ddp.world_size)
             loss_sum = 0.0
             for k in range(micro_per_rank):
                 rows = slice((k * ddp.world_size + ddp.rank) * args.batch_size,

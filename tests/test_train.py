@@ -409,3 +409,11 @@ def test_a_run_started_with_init_resumes_with_its_own_shape(tmp_path):
     train.main(common_flags + ["--init", str(tmp_path / "start.pt"), "--max-steps", "2"])
     train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])
     assert torch.load(tmp_path / "base.pt", weights_only=True)["step"] == 3
+
+
+def test_dropout_masks_are_seeded_per_step_and_per_process():
+    def mask(step, rank):
+        common.seed_dropout(1337, step, rank, world_size=2)
+        return torch.nn.functional.dropout(torch.ones(64), 0.5)
+    assert torch.equal(mask(3, 1), mask(3, 1))  # what a resumed run draws again
+    assert not torch.equal(mask(3, 0), mask(3, 1)) and not torch.equal(mask(3, 1), mask(4, 0))
