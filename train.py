@@ -241,8 +241,8 @@ def get_args(argv=None):
                                 formatter_class=common.HelpFormatter)
     # I/O
     p.add_argument("--out-dir", default="out", help="where the tokenizer, token files, checkpoint and report go")
-    p.add_argument("--data", default=None, help="text file, directory, TinyStories .json shards or .txt; "
-                   "default: the built-in world")
+    p.add_argument("--data", default=None, help="a .txt file (<|endoftext|> separates documents), a .json list or .jsonl "
+                   "of {\"text\"} or {\"story\"}, or a directory of them; default: the built-in world")
     p.add_argument("--world-people", type=int, default=100, help="size of the built-in world (people)")
     p.add_argument("--world-seed", type=int, default=1337, help="seed of the built-in world")
     p.add_argument("--resume", action="store_true", help="continue from out/base.pt (optimizer, step, RNG)")
