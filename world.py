@@ -634,7 +634,8 @@ def labeler_agreement(item, a, b, ended_a=True, ended_b=True):
 
 def main():
     import argparse
-    parser = argparse.ArgumentParser(description="Print a sample of the built-in world and corpus statistics.")
+    parser = argparse.ArgumentParser(description="Print a sample of the built-in world and corpus statistics.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--n-people", type=int, default=100, help="number of people in the world")
     parser.add_argument("--seed", type=int, default=1337, help="the world's seed")
     parser.add_argument("--questions", type=int, default=0,
@@ -694,4 +695,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # `| head` closed the pipe: nothing more to say, and stdout cannot be flushed
+        import os
+        os._exit(0)

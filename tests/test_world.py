@@ -1,6 +1,7 @@
 """Tests for world.py: determinism, the one-way mother relation, exam hygiene, grading, gold score, labeler."""
 import random
 import re
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -270,3 +271,15 @@ def test_gold_length_penalty_is_half_a_point_per_100_characters_beyond_160():
                     f"which is why {s} now keeps a small notebook of answers at home.")
     assert len(right) < 160 < len(long)
     assert W.gold_score(item, long) == pytest.approx(W.gold_score(item, right) - 0.5 * (len(long) - 160) / 100)
+
+
+def test_command_line_shows_defaults_and_ends_quietly_on_a_closed_pipe():
+    script = str(Path(W.__file__))
+    assert "(default: 100)" in subprocess.run([sys.executable, script, "--help"], capture_output=True,
+                                              text=True).stdout
+    # `python world.py | head`: the reader is gone before the first write; before, a BrokenPipeError traceback
+    p = subprocess.Popen([sys.executable, script, "--n-people", "12", "--seed", "7"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and "Traceback" not in err, err
