@@ -7,8 +7,8 @@ It reads and validates the blob, rebuilds the tokenizer (sentencepiece's BPE, in
 chat template from it, and runs the Transformer of model.py, which it mirrors part by part and name by
 name (a parity test keeps the two in step), with a KV cache:
 
-    python run.py out/model.bin "Ada Lovelace lives in"     # complete a prompt (a base model dreams on)
-    python run.py out/model.bin                             # dream a document from nothing
+    python run.py out/base.bin "Ada Lovelace lives in"      # complete a prompt (export.py --ckpt out/base.pt
+    python run.py out/base.bin                              # --out out/base.bin); dream from nothing
     python run.py out/model.bin --chat                      # talk: one user turn per line, EOF ends
     echo "Where does Ada Lovelace live?" | python run.py out/model.bin --chat --temperature 0
     python run.py out/model.bin --bench                     # tokens/s of greedy decoding
@@ -589,7 +589,7 @@ def main():
                         help="nucleus sampling: the most likely tokens holding this much probability (default 0.9, "
                              "as llama2.c: cuts the long tail of unlikely tokens; 1 = off)")
     parser.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per answer (default 256, capped by the context)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer at most (default 256)")
     # runtime
     parser.add_argument("--bench", action="store_true", help="time a fixed greedy generation and print tokens/s")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,

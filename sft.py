@@ -153,7 +153,8 @@ def get_args(argv=None):
     # model memorised the SFT people and forgot how to reach what it knew about the others (measured on
     # the default world, exam phrasings: pretraining-only people 35% without it, 61-72% with it, when the mix
     # was added; 91.7% with it in the README's run).
-    p.add_argument("--pretrain-mix", type=int, default=16, help="windows of OUT_DIR/train.bin per step (0: off)")
+    p.add_argument("--pretrain-mix", type=int, default=16,
+                   help="windows of OUT_DIR/train.bin per step, whose next-token loss is added to the chat loss (0: off)")
     p.add_argument("--pretrain-mix-len", type=int, default=128, help="tokens per pretraining window")
     # evaluation, logging
     p.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
@@ -282,7 +283,8 @@ def main(argv=None):
                     px, py = common.get_batch(mix_data, args.pretrain_mix,
                                               min(args.pretrain_mix_len, model.args.max_seq_len), gen)
                     px, py = px[ddp.rank::ddp.world_size], py[ddp.rank::ddp.world_size]
-                    loss = loss + lm_loss(model(px.to(device)), py.to(device))
+                    ptx_loss = lm_loss(model(px.to(device)), py.to(device))
+                    loss = loss + ptx_loss
             loss.backward()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -293,8 +295,10 @@ def main(argv=None):
             if step % args.log_interval == 0 or step == max_steps:
                 dt, logged = t_last() / (step - logged), step
                 tokens = (x.numel() + args.pretrain_mix * args.pretrain_mix_len // ddp.world_size) * ddp.world_size
-                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, tokens,
-                                     f" | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
+                total, ptx = ddp.mean(loss.item()), ddp.mean(ptx_loss.item()) if mix_data is not None else None
+                parts = "" if ptx is None else f" | loss = chat {total - ptx:.3f} + pretraining text {ptx:.3f}"
+                log(common.step_line(step, max_steps, total, lr, dt, tokens,
+                                     f"{parts} | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
                 t_last = common.Timer()
             if step % args.eval_interval == 0 or step == max_steps:
                 val_loss = eval_loss(model, val, args.batch_size, device) if master and val else 0.0

@@ -25,6 +25,7 @@ Example:
     python world.py --n-people 12 --seed 7    # the tiny world used by the tests
 """
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -698,5 +699,4 @@ if __name__ == "__main__":
     try:
         main()
     except BrokenPipeError:  # `| head` closed the pipe: nothing more to say, and stdout cannot be flushed
-        import os
         os._exit(0)

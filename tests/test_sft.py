@@ -3,6 +3,7 @@ line number before any training, long conversations are cut only at turn boundar
 finetune on the tiny world turns the base model into something that answers and stops."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,3 +264,12 @@ def test_a_finetune_with_dropout_is_the_same_twice(tmp_path):
         sft.main(["--out-dir", str(tmp_path / name), "--epochs", "0.1", "--exam-items", "0"])
         runs.append(torch.load(tmp_path / name / "sft.pt", weights_only=True)["model"])
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_the_step_log_splits_the_loss_into_chat_and_pretraining_text(tmp_path, base_dir, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    sft.main(["--out-dir", str(out), "--epochs", "0.05", "--log-interval", "1", "--exam-items", "0"])
+    m = re.search(r"\| loss ([0-9.]+) \|.*\| loss = chat ([0-9.]+) \+ pretraining text ([0-9.]+) \|",
+                  capsys.readouterr().out)
+    assert m and abs(float(m[1]) - float(m[2]) - float(m[3])) < 2e-3 and float(m[3]) > 0
