@@ -536,6 +536,36 @@ def smooth(values, w):
     return out
 
 
+def over_optimisation(rows):
+    """The peak of the (smoothed) gold reward against the end of the run, from the per-step rows of the curve:
+    row means around the start, the gold peak and the end; the gold's fall from its peak; what the policy
+    changed from the peak to the end, in gold-score units (world.GOLD_WEIGHTS, biggest first among those that
+    cost gold: `exploited`); and whether that is reward hacking (gold fell while the proxy went on rising)."""
+    w = max(1, len(rows) // 15)
+    gold_s, proxy_s = smooth([r["gold"] for r in rows], w), smooth([r["proxy"] for r in rows], w)
+    peak = max(range(len(rows)), key=lambda i: gold_s[i])
+    keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended", "distinct")
+
+    def at(i):  # the mean of each key over the w rows ending at row i
+        window = rows[max(0, i - w + 1):i + 1]
+        return {k: sum(r.get(k, 0.0) for r in window) / len(window) for k in keys}
+
+    start, top, end = at(0), at(peak), at(len(rows) - 1)
+    drop = gold_drop(top["gold"], end["gold"])
+    W = world_lib.GOLD_WEIGHTS
+    costs = {"polite phrases per answer": W["extra_polite"] * (end["polite"] - top["polite"]),
+             "repeated sentences per answer": W["repeat"] * (end["repeats"] - top["repeats"]),
+             "filler sentences per answer": W["filler"] * (end["fillers"] - top["fillers"]),
+             "answer length (characters)": W["per_100_chars"] * (max(0, end["chars"] - W["free_chars"])
+                                                                - max(0, top["chars"] - W["free_chars"])) / 100,
+             "answers not ended": W["not_ended"] * (top["ended"] - end["ended"]),
+             "wrong answers": (W["correct"] - W["wrong"]) * (top["correct"] - end["correct"])}
+    return {"peak": peak, "start": start, "top": top, "end": end, "drop": drop, "costs": costs,
+            "exploited": sorted((k for k in costs if costs[k] > 0.05), key=lambda k: -costs[k]),
+            "hacked": drop >= 0.15 and end["proxy"] - top["proxy"] >= 0.1,  # beyond the noise of a smoothed step mean
+            "proxy_rising": proxy_s[-1] > proxy_s[max(0, len(rows) - 1 - 2 * w)]}
+
+
 def curve_svg(rows, best_step, title):
     """Proxy (RM) and gold reward against KL to SFT, as a hand-written SVG (no plotting dependency). Two y
     axes: gold on the left, proxy on the right; moving averages over a few steps; the kept checkpoint marked."""
@@ -1004,29 +1034,12 @@ def main(argv=None):
     with common.atomic_open(svg_path) as f:
         f.write(curve_svg(rows, best["step"], f"RLHF, kl-coef {args.kl_coef}: proxy and gold reward vs KL"))
 
-    # the peak of the (smoothed) gold reward against the end of the run
-    w = max(1, len(rows) // 15)
-    gold_s, proxy_s = smooth([r["gold"] for r in rows], w), smooth([r["proxy"] for r in rows], w)
-    peak = max(range(len(rows)), key=lambda i: gold_s[i])
-    keys = ("gold", "proxy", "kl", "correct", "polite", "repeats", "fillers", "chars", "tokens", "ended", "distinct")
-    at = lambda i: {k: sum(r.get(k, 0.0) for r in rows[max(0, i - w + 1):i + 1]) / len(rows[max(0, i - w + 1):i + 1]) for k in keys}  # noqa: E731
-    start, top, end = at(0), at(peak), at(len(rows) - 1)
-    drop = gold_drop(top["gold"], end["gold"])
-    # what the policy changed from the gold peak to the end, in gold-score units (world.GOLD_WEIGHTS)
-    W = world_lib.GOLD_WEIGHTS
-    costs = {"polite phrases per answer": W["extra_polite"] * (end["polite"] - top["polite"]),
-             "repeated sentences per answer": W["repeat"] * (end["repeats"] - top["repeats"]),
-             "filler sentences per answer": W["filler"] * (end["fillers"] - top["fillers"]),
-             "answer length (characters)": W["per_100_chars"] * (max(0, end["chars"] - W["free_chars"])
-                                                                - max(0, top["chars"] - W["free_chars"])) / 100,
-             "answers not ended": W["not_ended"] * (top["ended"] - end["ended"]),
-             "wrong answers": (W["correct"] - W["wrong"]) * (top["correct"] - end["correct"])}
-    exploited = sorted((k for k in costs if costs[k] > 0.05), key=lambda k: -costs[k])
-    hacked = drop >= 0.15 and end["proxy"] - top["proxy"] >= 0.1  # beyond the noise of a smoothed step mean
+    o = over_optimisation(rows)
+    peak, start, top, end, drop = o["peak"], o["start"], o["top"], o["end"], o["drop"]
+    costs, exploited, hacked = o["costs"], o["exploited"], o["hacked"]
     metrics.update(gold_peak=round(top["gold"], 4), gold_peak_step=rows[peak]["step"], gold_end=round(end["gold"], 4),
                    gold_drop_from_peak=round(drop, 4), proxy_end_minus_peak=round(end["proxy"] - top["proxy"], 4),
-                   proxy_rising_at_end=proxy_s[-1] > proxy_s[max(0, len(rows) - 1 - 2 * w)],
-                   exploited=exploited if hacked else [], hacked=hacked)
+                   proxy_rising_at_end=o["proxy_rising"], exploited=exploited if hacked else [], hacked=hacked)
     metrics["wall_s"] = round(timer(), 1)
     title = f"## RLHF{f' run `{args.tag}`' if args.tag else ''} (`{command}`)"
     lines = [title, "",

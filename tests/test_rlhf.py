@@ -207,6 +207,17 @@ def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
     assert logp.grad[0, 1] == 0
 
 
+def test_over_optimisation_finds_the_gold_peak_and_names_what_the_policy_piled_on():
+    base = dict(kl=0.0, correct=1.0, repeats=0.0, fillers=0.0, chars=60.0, tokens=15.0, ended=1.0, distinct=1.0)
+    rows = [dict(base, step=s + 1, proxy=0.1 * s, gold=2.5 - 0.1 * max(0, s - 20), polite=1.0 + 0.1 * max(0, s - 20))
+            for s in range(60)]  # gold flat to step 21, then falls as polite phrases pile up; the proxy always rises
+    o = rlhf.over_optimisation(rows)
+    assert rows[o["peak"]]["step"] <= 21 and o["hacked"] and o["proxy_rising"]
+    assert o["exploited"] == ["polite phrases per answer"] and o["drop"] == pytest.approx((2.5 + 1.25) / 2.5)  # to the mean of the last 4
+    calm = [dict(r, proxy=1.0, gold=2.5, polite=1.0) for r in rows]  # nothing moves: nothing to call hacking
+    assert not rlhf.over_optimisation(calm)["hacked"] and rlhf.over_optimisation(calm)["exploited"] == []
+
+
 def test_gold_drop_is_a_fraction_of_the_peak_and_not_of_a_peak_near_zero():
     assert rlhf.gold_drop(2.0, 1.5) == 0.25 and rlhf.gold_drop(2.0, 2.5) == -0.25
     assert rlhf.gold_drop(-0.02, -0.05) == pytest.approx(0.03)  # not a 150% fall
