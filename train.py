@@ -256,7 +256,7 @@ def get_args(argv=None):
     p.add_argument("--vocab-size", type=int, help=preset_help("BPE vocabulary size to train", "vocab_size"))
     p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len)", "seq_len"))
     p.add_argument("--dropout", type=float, default=None,
-                   help="dropout rate (default 0; with --init, the checkpoint's unless given)")
+                   help="dropout rate (default 0; with --init or --resume, the checkpoint's unless given)")
     # optimisation
     p.add_argument("--batch-size", type=int, help=preset_help("sequences per micro-batch", "batch_size"))
     p.add_argument("--grad-accum", type=int, help=preset_help("micro-batches per optimizer step (split over processes)", "grad_accum"))
@@ -276,13 +276,17 @@ def get_args(argv=None):
     # system
     common.add_system_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
-    p.add_argument("--seed", type=int, default=1337, help="seed for init and batches")
+    p.add_argument("--seed", type=int, default=1337, help="seed for init, batches and dropout's masks")
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
                    help="time STEPS training steps on random tokens at this shape and exit (no data, no files)")
     args = p.parse_args(argv)
     if args.resume:  # the stopped run's flags, unless given again (e.g. a larger --max-steps to train on)
+        typed_dropout = args.dropout
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
                                    os.path.join(args.out_dir, "base.pt"), RUN_CONTROL)
+        # not typed: the rate the checkpoint's model trains at, not the one its args recorded (before 295f36c an
+        # --init run recorded the default 0 while training at its checkpoint's rate)
+        args.dropout = typed_dropout
     if args.resume and args.init:
         p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/base.pt)")
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
@@ -405,7 +409,7 @@ def main(argv=None):
                 setattr(args, k, getattr(model.args, k))
         else:
             model = Transformer(model_args(args, tok.vocab_size, args.dropout or 0.0)).to(device)
-        if args.dropout is None:  # not typed: the checkpoint's rate for --init (0 for a new model)
+        if args.dropout is None:  # not typed: the checkpoint's rate for --init and --resume (0 for a new model)
             args.dropout = model.args.dropout
         elif args.dropout != model.args.dropout:  # typed with --init or --resume: a training choice, not the shape
             weights = model.state_dict()

@@ -417,3 +417,14 @@ def test_dropout_masks_are_seeded_per_step_and_per_process():
         return torch.nn.functional.dropout(torch.ones(64), 0.5)
     assert torch.equal(mask(3, 1), mask(3, 1))  # what a resumed run draws again
     assert not torch.equal(mask(3, 0), mask(3, 1)) and not torch.equal(mask(3, 1), mask(4, 0))
+
+
+def test_resume_keeps_the_models_dropout_over_a_rate_its_args_recorded_wrongly(tmp_path):
+    """Before 295f36c an --init run recorded the default --dropout 0 while training at its checkpoint's rate;
+    resuming such a checkpoint must go on at the model's rate, not switch dropout off."""
+    run(tmp_path, "--max-steps", "2", "--dropout", "0.2")
+    ckpt = torch.load(tmp_path / "base.pt", weights_only=True)
+    ckpt["args"]["dropout"] = 0.0
+    torch.save(ckpt, tmp_path / "base.pt")
+    train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])
+    assert torch.load(tmp_path / "base.pt", weights_only=True)["model_args"]["dropout"] == 0.2
