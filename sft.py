@@ -162,7 +162,8 @@ def get_args(argv=None):
     p.add_argument("--exam-items", type=int, default=300, help="questions per exam set (0: skip the exam)")
     # system
     common.add_system_args(p)
-    p.add_argument("--seed", type=int, default=1337, help="seed for the data order")
+    p.add_argument("--seed", type=int, default=1337,
+                   help="seed for the data order, the pretraining windows and dropout's masks")
     args = p.parse_args(argv)
     if args.resume and args.init:  # as typed: a run started with --init records it, and --resume brings it back
         p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/sft.pt)")
@@ -283,8 +284,8 @@ def main(argv=None):
                     px, py = common.get_batch(mix_data, args.pretrain_mix,
                                               min(args.pretrain_mix_len, model.args.max_seq_len), gen)
                     px, py = px[ddp.rank::ddp.world_size], py[ddp.rank::ddp.world_size]
-                    ptx_loss = lm_loss(model(px.to(device)), py.to(device))
-                    loss = loss + ptx_loss
+                    chat_loss, ptx_loss = loss, lm_loss(model(px.to(device)), py.to(device))
+                    loss = chat_loss + ptx_loss
             loss.backward()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -295,9 +296,9 @@ def main(argv=None):
             if step % args.log_interval == 0 or step == max_steps:
                 dt, logged = t_last() / (step - logged), step
                 tokens = (x.numel() + args.pretrain_mix * args.pretrain_mix_len // ddp.world_size) * ddp.world_size
-                total, ptx = ddp.mean(loss.item()), ddp.mean(ptx_loss.item()) if mix_data is not None else None
-                parts = "" if ptx is None else f" | loss = chat {total - ptx:.3f} + pretraining text {ptx:.3f}"
-                log(common.step_line(step, max_steps, total, lr, dt, tokens,
+                parts = "" if mix_data is None else (f" | loss = chat {ddp.mean(chat_loss.item()):.3f} + pretraining "
+                                                     f"text {ddp.mean(ptx_loss.item()):.3f}")
+                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, tokens,
                                      f"{parts} | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
                 t_last = common.Timer()
             if step % args.eval_interval == 0 or step == max_steps:
