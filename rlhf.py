@@ -59,7 +59,8 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 
 Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
 rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rlhf_T_last.pt, rl_curve_T.*, report section
-rlhf_T, and rm_T.pt, comparisons_T.jsonl and report section rm_T when the run's RM settings differ from rm.pt's)
+rlhf_T, and rm_T.pt, comparisons_T.jsonl and report section rm_T unless rm.pt is there and was trained the
+same way)
     python rlhf.py                                  # simulated labeler, RM, RL, exam: a few minutes on 2 CPU cores
     python rlhf.py --rm-likelihood 0 --rm-lr 1e-3 --kl-coef 0 --steps 300 --tag hack
                                                     # reward hacking on purpose: InstructGPT's RM (the head alone),
@@ -621,8 +622,8 @@ def get_args(argv=None):
     p.add_argument("--init", default=None, help="the SFT checkpoint: the policy's start and the frozen reference "
                    "(default: OUT_DIR/sft.pt)")
     p.add_argument("--tag", default="", help="name this RL run: writes rlhf_TAG.pt, rlhf_TAG_last.pt, rl_curve_TAG.* and "
-                   "report section rlhf_TAG (comparisons.jsonl and rm.pt are shared unless the RM settings "
-                   "differ: then the run keeps its own rm_TAG.pt and comparisons_TAG.jsonl)")
+                   "report section rlhf_TAG (comparisons.jsonl and rm.pt are shared unless rm.pt is missing or was "
+                   "trained otherwise: then the run keeps its own rm_TAG.pt and comparisons_TAG.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the RL run from OUT_DIR/rlhf[_TAG]_last.pt, "
                    "with its flags unless given again (e.g. a larger --steps)")
     # comparisons

@@ -589,7 +589,8 @@ def main():
                         help="nucleus sampling: the most likely tokens holding this much probability (default 0.9, "
                              "as llama2.c: cuts the long tail of unlikely tokens; 1 = off)")
     parser.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer at most (default 256)")
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="new tokens at most, per answer or completion (default 256; the context caps it)")
     # runtime
     parser.add_argument("--bench", action="store_true", help="time a fixed greedy generation and print tokens/s")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
