@@ -174,6 +174,9 @@ def main(argv=None):
             common.fail(e)
         players.append(answer)
     names = unique_names(paths)
+    if not world_args and args.world_people is None and args.world_seed is None:  # blobs do not record the world
+        print("note: no checkpoint among the contestants to read the world from: the default world (100 people, "
+              "seed 1337); --world-people and --world-seed choose another")
     world = world_lib.make_world(args.world_people or world_args.get("world_people", 100),
                                  args.world_seed if args.world_seed is not None else world_args.get("world_seed", 1337))
     items = world_lib.rl_prompts(world, "heldout")[:args.questions]

@@ -76,3 +76,11 @@ def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_worl
     arena.main(["bad.pt", "good.pt", "--out-dir", str(tmp_path), "--questions", "30"])
     first = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
     assert "good" in first and "bad" not in first
+
+
+def test_blobs_alone_say_which_world_their_questions_come_from(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(arena, "blob_player", lambda *a: ((lambda qs: [("I do not know.", True) for _ in qs]), {}))
+    arena.main(["a.bin", "b.bin", "--out-dir", str(tmp_path), "--questions", "5"])
+    assert "note: no checkpoint among the contestants" in capsys.readouterr().out
+    arena.main(["a.bin", "b.bin", "--out-dir", str(tmp_path), "--questions", "5", "--world-people", "100"])
+    assert "note: no checkpoint" not in capsys.readouterr().out
