@@ -152,13 +152,13 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
         answers = sample_answers(model, tok, batch, k, max_new_tokens, gen)
         for i, it in enumerate(batch):
             group = answers[i * k:(i + 1) * k]
+            fit = [fits(tok, it["question"], t, e, model.args.max_seq_len) for _, t, e in group]
             for a in range(k):
                 for b in range(a + 1, k):
                     (_, ta, ea), (_, tb, eb) = group[a], group[b]
                     if (ta, ea) == (tb, eb) or len(records) == n:
                         continue  # the same answer twice teaches nothing
-                    if not (fits(tok, it["question"], ta, ea, model.args.max_seq_len)
-                            and fits(tok, it["question"], tb, eb, model.args.max_seq_len)):
+                    if not (fit[a] and fit[b]):
                         too_long += 1
                         continue
                     first = world_lib.label(it, ta, tb, rng, ea, eb)

@@ -280,13 +280,11 @@ def get_args(argv=None):
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
                    help="time STEPS training steps on random tokens at this shape and exit (no data, no files)")
     args = p.parse_args(argv)
-    if args.resume:  # the stopped run's flags, unless given again (e.g. a larger --max-steps to train on)
-        typed_dropout = args.dropout
+    if args.resume:  # the stopped run's flags, unless given again (e.g. a larger --max-steps to train on); not
+        # --dropout: untyped, main() takes the checkpoint model's own rate (before 295f36c an --init run recorded
+        # the default 0 in its args while training at its checkpoint's rate)
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
-                                   os.path.join(args.out_dir, "base.pt"), RUN_CONTROL)
-        # not typed: the rate the checkpoint's model trains at, not the one its args recorded (before 295f36c an
-        # --init run recorded the default 0 while training at its checkpoint's rate)
-        args.dropout = typed_dropout
+                                   os.path.join(args.out_dir, "base.pt"), RUN_CONTROL + ("dropout",))
     if args.resume and args.init:
         p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/base.pt)")
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
