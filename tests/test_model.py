@@ -112,6 +112,14 @@ def test_sampling_filters():
     assert model.sample_next(logits, 1e-39, generator=g).item() == 1  # a tiny temperature: greedy, not nan
 
 
+def test_sampling_never_picks_a_filtered_token_when_the_draw_rounds_up(monkeypatch):
+    # inverse transform sampling: a uniform draw times the total probability can round up to the total
+    # itself, past every cumulative value; the token taken is then the last one with any probability
+    logits = torch.tensor([[3.0, 2.0, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.ones(a[0], a[1]))
+    assert model.sample_next(logits, 1.0, top_k=2).item() == 1
+
+
 def test_sampling_follows_the_softmax_at_the_temperature():
     logits = torch.tensor([[0.0, 1.0]]).expand(4000, 2)
     for t in (0.25, 4.0):
