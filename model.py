@@ -306,7 +306,7 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=N
     was_training = model.training
     model.eval()
     cache = KVCache(model.args, B, prompt.device, model.tok_embeddings.weight.dtype, T + max_new_tokens)
-    logits = model.output(model.features(prompt, 0, cache)[:, -1])  # prefill: the whole prompt in one pass, (B, V)
+    logits = model.output(model.features(prompt, 0, cache)[:, -1])  # prefill in one pass; last position only (B, V)
     out, done = [[] for _ in range(B)], [False] * B
     for pos in range(T, T + max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)

@@ -121,8 +121,8 @@ def pad_batch(prompts, answers, device):
 
 
 def sampling_generator(model, seed):
-    """A seeded generator on the model's device: model.sample_next's torch.rand wants the two on the same device (a CPU
-    generator fails on CUDA or MPS), as train.py's dream does."""
+    """A seeded generator on the model's device: the torch.rand of model.sample_next wants the two on the same
+    device (a CPU generator fails on CUDA or MPS), as train.py's dream does."""
     return torch.Generator(device=model.tok_embeddings.weight.device).manual_seed(seed)
 
 
