@@ -323,6 +323,17 @@ def score_answers(model, prompts, answers, batch_size=128, likelihood=False):
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
+def reward_normalisation(rm, tok, records):
+    """(mean, std) of the RM's scores over every answer of the comparisons (training and held-out), each once, in
+    the order the records first give them: the RL divides its rewards by them to work on a scale of 1. Not a set's
+    order: that follows the strings' hashes, which Python seeds anew in every process, and batches padded
+    differently round the floats differently, so the same command would train a different policy each time."""
+    answers = dict.fromkeys((r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected"))
+    scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in answers],
+                           [answer_ids(tok, a, e) for _, a, e in answers])
+    return scores.mean().item(), scores.std().item() + 1e-6
+
+
 def pair_scores(model, pairs, likelihood=False):
     """(r_chosen, r_rejected), no grad, for a list of encoded pairs (see score_answers)."""
     prompts = [p for p, _, _, _ in pairs] * 2
@@ -847,10 +858,7 @@ def main(argv=None):
             by_kind = accuracy_by_kind(val_records, rc, rr)
             for kind, v in accuracy_by_kind(val_records, lik_c, lik_r).items():
                 by_kind[kind]["sft_likelihood"] = v["accuracy"]
-        # normalise the RM's scale on every answer of the comparisons (training and held-out): mean 0, std 1
-        uniq = {(r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected")}
-        scores = score_answers(rm, [prompt_ids(tok, q) for q, _, _ in uniq], [answer_ids(tok, a, e) for _, a, e in uniq])
-        reward_norm = (scores.mean().item(), scores.std().item() + 1e-6)
+        reward_norm = reward_normalisation(rm, tok, records)
         rm_metrics = {"accuracy": round(accuracy, 4), "labeler_ceiling": round(ceiling, 4) if ceiling is not None else None,
                       "accuracy_vs_gold": round(gold_acc, 4) if gold_acc is not None else None,
                       "sft_likelihood_accuracy": round(likelihood_acc, 4),

@@ -113,6 +113,29 @@ def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
         anchored.score(x, lengths)
 
 
+def test_the_reward_normalisation_scores_each_answer_once_in_the_order_of_the_records(tok, monkeypatch):
+    # a set's order follows string hashes, seeded anew in every Python process: the padded batches, the floats of
+    # the normalisation and so the whole RL run would differ from one run of the same command to the next
+    records = [{"prompt": f"Where does Person {i % 3} live?", "chosen": f"In town {i}.", "rejected": f"In town {i + 1}.",
+                "chosen_ended": True, "rejected_ended": i % 2 == 0} for i in range(8)]
+    records.append(dict(records[0]))  # a repeated pair adds no answer
+    expected, scored = [], []
+    for r in records:
+        for k in ("chosen", "rejected"):
+            a = (rlhf.prompt_ids(tok, r["prompt"]), rlhf.answer_ids(tok, r[k], r[f"{k}_ended"]))
+            if a not in expected:
+                expected.append(a)
+
+    def fake_scores(model, prompts, answers, **kwargs):
+        scored.extend(zip(prompts, answers))
+        return torch.arange(len(answers), dtype=torch.float)
+
+    monkeypatch.setattr(rlhf, "score_answers", fake_scores)
+    mean, std = rlhf.reward_normalisation(None, tok, records)
+    assert scored == expected and len(expected) == 16
+    assert (mean, std) == pytest.approx((7.5, torch.arange(16.0).std().item()))
+
+
 def test_accuracy_by_kind_splits_pairs_by_correctness():
     rec = lambda c, r, agreement: {"correct_chosen": c, "correct_rejected": r, "agreement": agreement}
     records = [rec(True, False, 1.0), rec(False, True, 0.9), rec(True, True, 0.6), rec(False, False, 0.8),
