@@ -325,7 +325,7 @@ def score_answers(model, prompts, answers, batch_size=128, likelihood=False):
 
 def reward_normalisation(rm, tok, records):
     """(mean, std) of the RM's scores over every answer of the comparisons (training and held-out), each once, in
-    the order the records first give them: the RL divides its rewards by them to work on a scale of 1. Not a set's
+    the order the records first give them: rollout_batch centres and scales the RM's scores by them. Not a set's
     order: that follows the strings' hashes, which Python seeds anew in every process, and batches padded
     differently round the floats differently, so the same command would train a different policy each time."""
     answers = dict.fromkeys((r["prompt"], r[k], r[f"{k}_ended"]) for r in records for k in ("chosen", "rejected"))

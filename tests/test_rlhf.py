@@ -2,8 +2,9 @@
 only on answer tokens, KL 0 against itself and KL(policy || reference) in that direction, the policy gradient
 raises a toy reward, PPO's clip stops tokens outside the trust region and compares with the policy that sampled,
 the RL reward is the RM score minus beta x the sampled KL, dropout is off in the update, a resumed RL run equals
-an uninterrupted one, the terminal labeler saves exactly what was chosen and continues where it stopped, bad
-comparison files are reported by line, and a tiny run writes and reuses what it should."""
+an uninterrupted one, the reward normalisation scores answers in a fixed order, the terminal labeler saves exactly
+what was chosen and continues where it stopped, bad comparison files are reported by line, and a tiny run writes
+and reuses what it should."""
 import io
 import math
 import json
@@ -116,8 +117,8 @@ def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
 def test_the_reward_normalisation_scores_each_answer_once_in_the_order_of_the_records(tok, monkeypatch):
     # a set's order follows string hashes, seeded anew in every Python process: the padded batches, the floats of
     # the normalisation and so the whole RL run would differ from one run of the same command to the next
-    records = [{"prompt": f"Where does Person {i % 3} live?", "chosen": f"In town {i}.", "rejected": f"In town {i + 1}.",
-                "chosen_ended": True, "rejected_ended": i % 2 == 0} for i in range(8)]
+    records = [{"prompt": f"Where does Person {i % 3} live?", "chosen": f"In town {i}.",
+                "rejected": f"In town {i + 1}.", "chosen_ended": True, "rejected_ended": i % 2 == 0} for i in range(8)]
     records.append(dict(records[0]))  # a repeated pair adds no answer
     expected, scored = [], []
     for r in records:
