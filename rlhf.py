@@ -175,15 +175,29 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
     return records
 
 
-def label_at_terminal(pairs, path, ask=input, show=print):
-    """A person compares answers: for each (prompt, a, b, ended_a, ended_b) shows both and asks
-    1 / 2 / t (tie) / s (skip) / q (quit). Every answer is appended to `path` at once, so quitting (or Ctrl-C)
-    loses nothing; the file is created with the first answer, so quitting before one leaves none. Returns the
-    number of comparisons saved and whether the person quit."""
+def terminal_pairs(model, tok, items, max_new_tokens, generator, chunk=8):
+    """(prompt, a, b, ended_a, ended_b) for a person to compare: two answers per item, sampled a few items at a
+    time as the person goes (sampling thousands first would keep them waiting), never the same answer twice."""
+    for pos in range(0, len(items), chunk):
+        batch = items[pos:pos + chunk]
+        answers = sample_answers(model, tok, batch, 2, max_new_tokens, generator)
+        for it, (_, a, ea), (_, b, eb) in zip(batch, answers[::2], answers[1::2]):
+            if (a, ea) != (b, eb) and all(fits(tok, it["question"], t, e, model.args.max_seq_len)
+                                          for t, e in ((a, ea), (b, eb))):
+                yield it["question"], a, b, ea, eb
+
+
+def label_at_terminal(pairs, path, goal, ask=input, show=print):
+    """A person compares answers until `goal` are saved: for each (prompt, a, b, ended_a, ended_b) shows both
+    and asks 1 / 2 / t (tie) / s (skip) / q (quit). Every answer is appended to `path` at once, so quitting (or
+    Ctrl-C) loses nothing; the file is created with the first answer, so quitting before one leaves none.
+    Returns the number of comparisons saved and whether the person quit."""
     saved, f = 0, None
     try:
-        for i, (prompt, a, b, ea, eb) in enumerate(pairs):
-            show(f"\n[{i + 1}/{len(pairs)}] user: {prompt}")
+        for prompt, a, b, ea, eb in pairs:
+            if saved == goal:
+                break
+            show(f"\n[{saved + 1}/{goal}] user: {prompt}")
             show(f"  1: {a}{'' if ea else '  [cut off]'}")
             show(f"  2: {b}{'' if eb else '  [cut off]'}")
             while True:
@@ -690,6 +704,8 @@ def get_args(argv=None):
         p.error("--rm-heldout must be in (0, 1)")
     if args.label and args.comparisons:
         p.error("--label and --comparisons exclude each other")
+    if args.resume and args.retrain_rm:
+        p.error("--retrain-rm starts a new reward model: a resumed run keeps the one its curve was made with")
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
         p.error("--tag may contain only letters, digits, _ and -")
     # paths as absolute: a checkpoint records them, and --resume may run from another directory
@@ -738,6 +754,10 @@ def main(argv=None):
         common.fail(f"the world has only {len(heldout_items)} held-out prompts: lower --spot-prompts")
     log(f"policy: {sft.num_params() / 1e6:.2f}M parameters from {init} | world of {len(world.people)} people: "
         f"{len(train_items)} train / {len(heldout_items)} held-out prompts | {device} in float32")
+    judged = base_args.get("data") is None  # the simulated labeler knows the built-in world, not your text
+    if not judged:
+        log(f"note: {init} was not pretrained on the built-in world, whose labeler makes the spot checks and the "
+            f"exam: they cannot judge it, so {os.path.basename(best_path)} keeps the latest step (no early stopping)")
 
     # ------------------------------------------------------------------------------------------------------
     # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
@@ -748,28 +768,22 @@ def main(argv=None):
                 records = read_comparisons(cmp_path)
             except ValueError as e:
                 common.fail(f"{e} (move the file away to start over)")
-            if any(r.get("labeler") != "human" for r in records):  # simulated ones can be made again
-                n_simulated = sum(r.get("labeler") != "human" for r in records)
-                records = [r for r in records if r.get("labeler") == "human"]
+            if any(r.get("labeler") == "simulated" for r in records):  # those can be made again; others cannot
+                n_simulated = sum(r.get("labeler") == "simulated" for r in records)
+                records = [r for r in records if r.get("labeler") != "simulated"]
                 write_comparisons(cmp_path, records)
                 log(f"note: {cmp_path} held {n_simulated} comparisons by the simulated labeler: removed (a run "
                     "without --label makes them again); the file is yours from now on")
         todo = args.n_comparisons - len(records)
         if todo > 0:
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
-            items = rng.sample(train_items, min(len(train_items), 2 * todo))  # room for dropping identical pairs
-            answers = sample_answers(sft, tok, items, 2, args.max_new_tokens,
-                                     sampling_generator(sft, args.seed + len(records)))
-            pairs = [(it["question"], answers[2 * i][1], answers[2 * i + 1][1], answers[2 * i][2],
-                      answers[2 * i + 1][2]) for i, it in enumerate(items)]
-            max_len = sft.args.max_seq_len
-            pairs = [p for p in pairs if (p[1], p[3]) != (p[2], p[4])  # the same answer twice teaches nothing
-                     and fits(tok, p[0], p[1], p[3], max_len) and fits(tok, p[0], p[2], p[4], max_len)][:todo]
+            items = rng.sample(train_items, len(train_items))
+            pairs = terminal_pairs(sft, tok, items, args.max_new_tokens, sampling_generator(sft, args.seed + len(records)))
             log(f"labelling: {len(records)} comparisons saved so far, {todo} to go. Which answer is better?")
-            saved, quit_ = label_at_terminal(pairs, cmp_path)
-            if quit_:
+            saved, quit_ = label_at_terminal(pairs, cmp_path, todo)
+            if quit_ or not os.path.exists(cmp_path):
                 log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `python rlhf.py --label` again "
-                    f"to continue, or train on them now with --comparisons {cmp_path}")
+                    f"to continue" + (f", or train on them now with --comparisons {cmp_path}" if saved + len(records) else ""))
                 return
         source = f"human:{file_sha(cmp_path)}"
     elif file_records is not None:
@@ -778,6 +792,9 @@ def main(argv=None):
         source = f"simulated:{args.n_comparisons}x{args.answers_per_prompt}:{args.max_new_tokens}:{args.seed}"
     rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
               "rm_likelihood": args.rm_likelihood, "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
+    if ckpt is not None and ckpt.get("rm_key", rm_key) != rm_key:  # the curve so far was made against that RM
+        common.fail(f"cannot resume: the comparisons or reward-model settings changed since this run started "
+                    f"({', '.join(k for k in rm_key if ckpt['rm_key'].get(k) != rm_key[k])}); start over without --resume")
     rm, rm_path = None, rm_paths[-1]  # where a new RM is saved
     for path in [] if args.retrain_rm else [p for p in rm_paths if os.path.exists(p)]:
         try:
@@ -790,24 +807,26 @@ def main(argv=None):
             break
     if rm is None:
         t_rm = common.Timer()
-        human_file = False
-        if os.path.exists(cmp_path) and not args.label:  # a person's labels are never overwritten
+        # OUT_DIR/comparisons.jsonl is overwritten only when every row in it can be made again: the simulated
+        # labeler's, or a copy this script made of a --comparisons file. A person's, or a file put there, is kept.
+        their_file = False
+        if os.path.exists(cmp_path) and not args.label:
             try:
-                human_file = any(r.get("labeler") == "human" for r in read_comparisons(cmp_path))
+                their_file = any(r.get("labeler") not in ("simulated", "file") for r in read_comparisons(cmp_path))
             except ValueError:
                 pass
         if args.label:
             records = read_comparisons(cmp_path)
         elif file_records is not None:
-            records = [r for r in file_records
+            records = [{**r, "labeler": r.get("labeler", "file")} for r in file_records
                        if (r["chosen"], r["chosen_ended"]) != (r["rejected"], r["rejected_ended"])]
             if len(records) < len(file_records):
                 log(f"note: {len(file_records) - len(records)} comparisons of {args.comparisons} hold the same answer "
                     "twice: left out (they teach nothing)")
         else:
-            if human_file:
-                common.fail(f"{cmp_path} holds a person's comparisons: train on them with --comparisons "
-                            f"{cmp_path}, or move the file away for the simulated labeler")
+            if their_file:
+                common.fail(f"{cmp_path} holds comparisons the simulated labeler did not make: train on them with "
+                            f"--comparisons {cmp_path}, or move the file away for the simulated labeler")
             log(f"comparisons: the simulated labeler compares {args.answers_per_prompt} SFT answers per prompt ...")
             try:
                 records = simulated_comparisons(sft, tok, train_items, args.n_comparisons, args.answers_per_prompt,
@@ -830,8 +849,9 @@ def main(argv=None):
         # a tagged run's own RM gets its own file, so comparisons.jsonl stays the one rm.pt was trained on
         cmp_out = cmp_path if rm_path == rm_paths[0] else os.path.join(args.out_dir, f"comparisons{suffix}.jsonl")
         if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_out):
-            if human_file and cmp_out == cmp_path:
-                common.fail(f"{cmp_path} holds a person's comparisons: move it away to train on {args.comparisons}")
+            if their_file and cmp_out == cmp_path:
+                common.fail(f"{cmp_path} holds comparisons the simulated labeler did not make: move it away to "
+                            f"train on {args.comparisons}")
             write_comparisons(cmp_out, records)  # after every check: a failed run leaves the old file as it was
         torch.manual_seed(args.seed)  # the head's initial weights, whatever checkpoints were built before
         rm = reward_model_from(sft, args.rm_likelihood)
@@ -872,9 +892,11 @@ def main(argv=None):
                         f"(its ceiling: no model can predict its coin flips)" if ceiling is not None
                         else "the labeler's own ceiling is unknown for this source")
         rm_stage = "rm" + (suffix if rm_path != rm_paths[0] else "")
+        origin = {"simulated": f"(simulated labeler) of SFT answers, {args.answers_per_prompt} per prompt",
+                  "human": "(a person, --label) of SFT answers, 2 per prompt",
+                  "file": f"from {args.comparisons}"}[source.split(":")[0]]
         lines = [f"## Reward model `{os.path.basename(rm_path)}` (`{command}`)", "",
-                 f"{len(records)} comparisons ({source.split(':')[0]} labeler) of SFT answers, "
-                 f"{args.answers_per_prompt} per prompt; Bradley-Terry loss, {rm_steps} steps from the SFT weights; "
+                 f"{len(records)} comparisons {origin}; Bradley-Terry loss, {rm_steps} steps from the SFT weights; "
                  f"score = head at the last token + {args.rm_likelihood:g} x the answer's mean log-probability.",
                  f"Wall time {rm_metrics['wall_s']:.0f} s.", "",
                  f"- held-out pairwise accuracy (against the labels, {len(val_pairs)} pairs on unseen prompts): "
@@ -921,21 +943,31 @@ def main(argv=None):
         try:
             with open(curve_path) as f:
                 rows = [r for r in map(json.loads, f) if r["step"] <= step]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            common.fail(f"cannot resume: {curve_path}, the curve of steps 1-{step}, is missing or damaged "
-                        f"({type(e).__name__}); start over without --resume")
+            kept_step = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["step"]
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            common.fail(f"cannot resume: {curve_path} or {best_path} is missing or damaged ({type(e).__name__}); "
+                        "start over without --resume")
+        if [r["step"] for r in rows] != list(range(1, step + 1)):
+            common.fail(f"cannot resume: {curve_path} does not hold the curve of steps 1-{step}; start over "
+                        "without --resume")
+        if kept_step != best["step"] and kept_step <= step:  # ahead of rlhf_last.pt: this run makes it again
+            common.fail(f"cannot resume: {best_path} holds step {kept_step}, not step {best['step']}, the policy this "
+                        "run kept (another run saved over it); start over without --resume")
         log(f"resuming at step {step} (best spot check so far {best['spot']:.1%} at step {best['step']})")
 
     def checkpoint(spot):
-        """The spot check decides what rlhf.pt holds; rlhf_last.pt always has the latest (to resume)."""
-        if spot is not None and spot > best["spot"]:
-            best.update(step=step, spot=spot)
-            save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=spot,
-                            tokenizer=tok.fingerprint)
-        save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best,
-                        tokenizer=tok.fingerprint, sft_sha=sft_sha)
+        """The spot check decides what rlhf.pt holds (the latest step where it cannot judge); rlhf_last.pt always
+        has the latest (to resume). Written in this order so a kill between two files leaves a run that resumes:
+        the curve may run ahead of rlhf_last.pt (resume drops the extra rows), and so may rlhf.pt (the resumed
+        run makes the same step again)."""
         with common.atomic_open(curve_path) as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+        if not judged or (spot is not None and spot > best["spot"]):
+            best.update(step=step, spot=best["spot"] if spot is None else spot)
+            save_checkpoint(best_path, policy, "rlhf", step=step, args=run_args, spot_winrate=best["spot"],
+                            tokenizer=tok.fingerprint)
+        save_checkpoint(last_path, policy, "rlhf", step=step, optimizer=optimizer, args=run_args, best=best,
+                        tokenizer=tok.fingerprint, sft_sha=sft_sha, rm_key=rm_key)
 
     if not args.resume:
         common.note_fresh_run([best_path, last_path], log)
@@ -948,8 +980,7 @@ def main(argv=None):
     if step == 0:
         spot = spot_check(policy, tok, spot_items, sft_spot, args.max_new_tokens, args.seed)
         log(f"step 0: spot check, SFT against itself: {spot:.1%} (noise level of the check)")
-        best.update(step=0, spot=spot)
-        save_checkpoint(best_path, policy, "rlhf", step=0, args=run_args, spot_winrate=spot, tokenizer=tok.fingerprint)
+        checkpoint(spot)  # rlhf.pt and rlhf_last.pt together: never a new rlhf.pt beside an older run's last
     t_rl, t_last, logged = common.Timer(), common.Timer(), step
     with common.GracefulStop() as stop:
         while step < args.steps and not stop.requested:
@@ -1011,7 +1042,10 @@ def main(argv=None):
     # 4 + 5: the exam, on the kept checkpoint; the curve; what changed between the gold peak and the end
     log("exam: gold win-rate against SFT on held-out prompts, KL, QA before and after ...", flush=True)
     last_stats = {k: rows[-1][k] for k in ("proxy", "gold", "kl")}
-    kept, _ = load_checkpoint(best_path, device, stages=("rlhf",))
+    try:
+        kept, _ = load_checkpoint(best_path, device, stages=("rlhf",))
+    except CheckpointError as e:
+        common.fail(e)
     kept.eval()
     gen = sampling_generator(kept, args.seed + 2)
     questions = [it["question"] for it in eval_items]
@@ -1061,7 +1095,10 @@ def main(argv=None):
              f"- KL(policy || SFT) on those answers: **{eval_kl:.2f}** nats per answer",
              f"- kept checkpoint `{os.path.basename(best_path)}`: step {best['step']} of {step}, chosen by the spot check "
              f"(labeler win-rate vs SFT on {len(spot_items)} other held-out prompts: {best['spot']:.1%}); the last "
-             f"policy is `{os.path.basename(last_path)}`", ""]
+             f"policy is `{os.path.basename(last_path)}`" if judged else
+             f"- kept checkpoint `{os.path.basename(best_path)}`: the latest step, {best['step']} of {step}. The SFT "
+             "model was not pretrained on the built-in world: its labeler, the prompts and every gold number here "
+             "cannot judge it", ""]
     lines += qa_lines + ["", f"![proxy and gold reward vs KL]({os.path.basename(svg_path)})", "",
                          f"Per-step numbers in `{os.path.basename(curve_path)}`.", "",
                          "### Over-optimisation: the gold peak against the end of the run", "",

@@ -3,8 +3,9 @@ only on answer tokens, KL 0 against itself and KL(policy || reference) in that d
 raises a toy reward, PPO's clip stops tokens outside the trust region and compares with the policy that sampled,
 the RL reward is the RM score minus beta x the sampled KL, dropout is off in the update, a resumed RL run equals
 an uninterrupted one, the reward normalisation scores answers in a fixed order, the terminal labeler saves exactly
-what was chosen and continues where it stopped, bad comparison files are reported by line, and a tiny run writes
-and reuses what it should."""
+what was chosen and continues where it stopped (keeping comparisons it did not make), bad comparison files are
+reported by line, a tiny run writes and reuses what it should, a resume refuses what would change its run, and on a
+model of other text than the world the kept policy is the last."""
 import io
 import math
 import json
@@ -271,13 +272,16 @@ def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
              ("Q4?", "a4", "b4", False, True), ("Q5?", "a5", "b5", True, True)]
     monkeypatch.setattr("sys.stdin", io.StringIO("1\nnonsense\n2\ns\nt\nq\n"))
     path = tmp_path / "comparisons.jsonl"
-    saved, quit_ = rlhf.label_at_terminal(pairs, str(path), show=lambda *a: None)
+    saved, quit_ = rlhf.label_at_terminal(pairs, str(path), 5, show=lambda *a: None)
     assert (saved, quit_) == (3, True)
     rows = [json.loads(line) for line in open(path)]
     assert [(r["prompt"], r["chosen"], r["rejected"], r["tie"]) for r in rows] == [
         ("Q1?", "a1", "b1", False), ("Q2?", "b2", "a2", False), ("Q4?", "a4", "b4", True)]
     assert rows[1]["chosen_ended"] is False and rows[1]["rejected_ended"] is True
     assert rlhf.read_comparisons(str(path))[2]["tie"] is True  # what it saves, it reads back
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\n1\n1\n"))
+    assert rlhf.label_at_terminal(pairs, str(path), 2, show=lambda *a: None) == (2, False)  # stops at its goal
+    assert len(open(path).readlines()) == 5
 
 
 def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys):
@@ -300,14 +304,27 @@ def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys
     assert not os.path.exists(out_dir / "rm.pt")
 
 
-def test_label_mode_says_it_removes_simulated_comparisons(out_dir, monkeypatch, capsys):
-    row = {"prompt": "Q?", "chosen": "a", "rejected": "b", "labeler": "simulated"}
-    (out_dir / "comparisons.jsonl").write_text(json.dumps(row) + "\n")
+def test_label_mode_removes_the_simulated_comparisons_and_keeps_the_others(out_dir, monkeypatch, capsys):
+    simulated = {"prompt": "Q?", "chosen": "a", "rejected": "b", "labeler": "simulated"}
+    yours = {"prompt": "Q2?", "chosen": "c", "rejected": "d"}  # a file of your own, put there by hand
+    (out_dir / "comparisons.jsonl").write_text(json.dumps(simulated) + "\n" + json.dumps(yours) + "\n")
     (out_dir / "rlhf.pt").write_bytes(b"an earlier run's")  # quitting before RL saves over nothing: no note
     monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
     rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST])
     out = capsys.readouterr().out
     assert "held 1 comparisons by the simulated labeler: removed" in out and "note: a fresh run" not in out
+    assert [{k: r[k] for k in yours} for r in map(json.loads, open(out_dir / "comparisons.jsonl"))] == [yours]
+    with pytest.raises(SystemExit) as e:  # nor does a run of the simulated labeler save over it
+        rlhf.main(["--out-dir", str(out_dir), "--n-comparisons", "6", *FAST])
+    assert "the simulated labeler did not make" in str(e.value.code)
+    assert [{k: r[k] for k in yours} for r in map(json.loads, open(out_dir / "comparisons.jsonl"))] == [yours]
+
+
+def test_label_mode_skipping_every_pair_saves_nothing_and_says_so(out_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("s\ns\n"))  # then end of input
+    rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "2", *FAST])
+    assert "saved 0 comparisons" in capsys.readouterr().out
+    assert not os.path.exists(out_dir / "comparisons.jsonl")
 
 
 def test_a_failed_comparisons_run_keeps_the_old_file(out_dir):
@@ -340,7 +357,7 @@ def test_malformed_comparison_files_are_reported_by_line(out_dir, line, why):
 
 
 @pytest.mark.parametrize("flags, saved", [(["--rm-lr", "1e30", "--rm-epochs", "8"], ()),
-                                          (["--lr", "1e30", "--steps", "6"], ("rm.pt", "rlhf.pt"))])
+                                          (["--lr", "1e30", "--steps", "6"], ("rm.pt", "rlhf.pt", "rlhf_last.pt"))])
 def test_a_diverged_run_stops_before_writing_nan_weights(out_dir, flags, saved):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
             for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack")]
@@ -350,7 +367,10 @@ def test_a_diverged_run_stops_before_writing_nan_weights(out_dir, flags, saved):
         rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(path), "--eval-interval", "100", *FAST, *flags])
     assert "training diverged" in str(e.value.code)
     written = {n for n in ("rm.pt", "rlhf.pt", "rlhf_last.pt") if os.path.exists(out_dir / n)}
-    assert written == set(saved)  # rlhf.pt: the step-0 policy, the SFT model's copy
+    assert written == set(saved)  # rlhf.pt and rlhf_last.pt: the step-0 policy, the SFT model's copy
+    for name in written - {"rm.pt"}:
+        ckpt = torch.load(out_dir / name, weights_only=True)
+        assert ckpt["step"] == 0 and all(torch.isfinite(w).all() for w in ckpt["model"].values())
 
 
 def test_rl_log_probs_are_the_sampling_policys_even_with_dropout(out_dir, tok):
@@ -488,3 +508,43 @@ def test_a_resumed_rl_run_equals_an_uninterrupted_one(out_dir, tmp_path):
     a = torch.load(out_dir / "rlhf_last.pt", weights_only=True)["model"]
     b = torch.load(other / "rlhf_last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_refuses_other_comparisons_a_gap_in_the_curve_or_a_kept_policy_saved_over(out_dir, capsys):
+    run = job_pairs(out_dir) + ["--steps", "4", "--eval-interval", "2", "--lr", "1e-2"]
+    rlhf.main(run)
+    saved = {n: (out_dir / n).read_bytes() for n in ("rm.pt", "comparisons.jsonl", "rlhf.pt", "rl_curve.jsonl")}
+
+    def refused(why, *flags):
+        with pytest.raises(SystemExit) as e:
+            rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "6", *flags])
+        assert why in str(e.value.code), e.value.code
+        assert all((out_dir / n).read_bytes() == b for n, b in saved.items())  # nothing retrained or saved over
+
+    refused("changed since this run started (rm_lr, rm_likelihood)", "--rm-lr", "1e-3", "--rm-likelihood", "0")
+    pairs = out_dir / "pairs.jsonl"
+    pairs.write_text(pairs.read_text().replace("baker", "cook"))
+    refused("changed since this run started (source)")
+    pairs.write_text(pairs.read_text().replace("cook", "baker"))
+    whole = saved["rl_curve.jsonl"]
+    saved["rl_curve.jsonl"] = b"".join(whole.splitlines(True)[:2])
+    (out_dir / "rl_curve.jsonl").write_bytes(saved["rl_curve.jsonl"])
+    refused("does not hold the curve of steps 1-4")
+    (out_dir / "rl_curve.jsonl").write_bytes(whole)
+    saved["rl_curve.jsonl"] = whole
+    best = torch.load(out_dir / "rlhf_last.pt", weights_only=True)["best"]["step"]  # 0, 2 or 4: a spot-check step
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=1)  # another run's, saved over it
+    saved["rlhf.pt"] = (out_dir / "rlhf.pt").read_bytes()
+    refused(f"rlhf.pt holds step 1, not step {best}")
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--resume", "--retrain-rm"])
+    assert e.value.code == 2 and "--retrain-rm starts a new reward model" in capsys.readouterr().err
+
+
+def test_on_a_model_of_other_text_the_kept_policy_is_the_last_step(out_dir, capsys):
+    save_checkpoint(str(out_dir / "sft.pt"), tiny_model(), "sft",
+                    args={"base_args": {"world_people": 12, "world_seed": 7, "data": "stories.txt"}})
+    rlhf.main(job_pairs(out_dir) + ["--steps", "3", "--eval-interval", "2", "--lr", "1e-2"])
+    assert "was not pretrained on the built-in world" in capsys.readouterr().out
+    kept, last = (torch.load(out_dir / n, weights_only=True) for n in ("rlhf.pt", "rlhf_last.pt"))
+    assert kept["step"] == last["step"] == 3 and all(torch.equal(kept["model"][k], last["model"][k]) for k in kept["model"])
