@@ -15,10 +15,12 @@ Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, ou
 """
 import argparse
 import dataclasses
+import filecmp
 import glob
 import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -46,32 +48,35 @@ PRESETS = {
 # ----------------------------------------------------------------------------------------------------------
 # data
 
-def data_files(path):
-    """The files --data names: itself, or the .txt, .json and .jsonl files in the directory, in order."""
+def data_files(path, out_dir=None):
+    """The files --data names: itself, or the .txt, .json and .jsonl files in the directory, in order, without
+    those in out_dir when it lies inside the directory (a run's own report.json and data.json are not data)."""
     if not os.path.isdir(path):
         return [path]
+    out = os.path.join(os.path.abspath(out_dir), "") if out_dir else None
     return sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                  if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl")))
+                  if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl"))
+                  and not (out and os.path.abspath(f).startswith(out)))
 
 
-def data_files_stamp(path):
+def data_files_stamp(path, out_dir=None):
     """(name, size, mtime) of every file read_documents reads: prepared data is reused only if none changed."""
     return [[os.path.relpath(f, path) if f != path else "", os.path.getsize(f), int(os.path.getmtime(f))]
-            for f in data_files(path) if os.path.isfile(f)]
+            for f in data_files(path, out_dir) if os.path.isfile(f)]
 
 
-def read_documents(path):
+def read_documents(path, out_dir=None):
     """Documents from a text file, a directory of them, TinyStories json shards (a list of {"story": ...}),
     jsonl ({"text"} or {"story"} per line), or TinyStories txt (stories separated by <|endoftext|>)."""
     if not os.path.exists(path):
         raise ValueError(f"--data {path} does not exist")
-    files = data_files(path)
+    files = data_files(path, out_dir)
     if not files:
         raise ValueError(f"--data {path} has no .txt, .json or .jsonl files")
     docs = []
     for f in files:
         try:
-            with open(f, encoding="utf-8") as fh:
+            with open(f, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Windows editors) is not text
                 text = fh.read()
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read {f}: {e}") from None
@@ -100,6 +105,20 @@ def read_documents(path):
     return docs
 
 
+def split_documents(docs):
+    """(train, val): 1% held out for the validation loss. The last 1% of the documents when there are 100 or more;
+    else the last 1% of the text, cut at a line break near there, so that one long text (a book) or a few
+    (chapters) give up no more than that."""
+    if len(docs) >= 100:
+        return docs[:-(len(docs) // 100)], docs[-(len(docs) // 100):]
+    total, pos, i = sum(map(len, docs)), 0, 0
+    while pos + len(docs[i]) < 0.99 * total:  # docs[i] holds the 99% mark
+        pos, i = pos + len(docs[i]), i + 1
+    end = min(int(0.99 * total) - pos, len(docs[i]) - 1)  # at least one character held out
+    cut = docs[i].rfind("\n", max(0, int(0.98 * total) - pos), end) + 1 or end
+    return docs[:i] + [docs[i][:cut]], [docs[i][cut:]] + docs[i + 1:]
+
+
 def tokenize_to_file(tok, docs, path):
     """Write [BOS] doc [EOS] for every document as one flat uint16 array (2 bytes a token), in batches."""
     if tok.vocab_size > 2**16:
@@ -118,7 +137,7 @@ def data_source(args):
     """What the token files are made from, as data.json records it."""
     return {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
             "world_people": args.world_people, "world_seed": args.world_seed,
-            "files": data_files_stamp(args.data) if args.data else None}
+            "files": data_files_stamp(args.data, args.out_dir) if args.data else None}
 
 
 def prepared(args):
@@ -138,6 +157,16 @@ def prepared(args):
     return None
 
 
+def init_tokenizer(args, dest):
+    """Copy the tok.model beside the --init checkpoint to dest (unless it is already there); returns dest."""
+    src = os.path.join(os.path.dirname(os.path.abspath(args.init)), "tok.model")
+    if not os.path.exists(src):
+        raise ValueError(f"--init uses the tokenizer beside its checkpoint, and there is no {src}")
+    if not (os.path.exists(dest) and os.path.samefile(src, dest)):
+        shutil.copyfile(src, dest)
+    return dest
+
+
 def prepare_data(args, log):
     """Train the tokenizer and write out/train.bin and out/val.bin, unless out/data.json says the same data
     was already prepared (then reuse them: resuming must see the same tokens)."""
@@ -151,21 +180,23 @@ def prepare_data(args, log):
         if args.resume:
             raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
         os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
+    later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
+    if later and not args.init and os.path.exists(os.path.join(args.out_dir, "tok.model")):
+        log(f"note: these data flags train a new {args.out_dir}/tok.model: {', '.join(later)} there were made with "
+            "the old one and will not load with the new one (train.py with their data flags makes the old one again)")
     source = data_source(args)  # the files as they are when read
     if args.data:
-        docs = read_documents(args.data)
-        if len(docs) == 1:  # one long text (a book): hold out its last 1%, cut at a line break near there
-            end = int(len(docs[0]) * 0.99)
-            cut = docs[0].rfind("\n", int(len(docs[0]) * 0.98), end) + 1 or end
-            docs = [docs[0][:cut], docs[0][cut:]]
-        n_val = max(1, len(docs) // 100)  # 1% of the documents held out for validation loss
-        train_docs, val_docs = docs[:-n_val], docs[-n_val:]
+        train_docs, val_docs = split_documents(read_documents(args.data, args.out_dir))
     else:
         train_docs, val_docs = world_lib.pretrain_docs(world_lib.make_world(args.world_people, args.world_seed))
     log(f"data: {len(train_docs):,} train / {len(val_docs):,} val documents "
-        f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); training the tokenizer ...")
-    tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size, args.threads)
-    if tok.vocab_size < args.vocab_size:
+        f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); " + ("tokenizing with the --init checkpoint's tokenizer"
+                                                                    if args.init else "training the tokenizer ..."))
+    if args.init:  # its model knows only its own tokens: new text is cut into those (as nanoGPT finetunes GPT-2)
+        tok = Tokenizer(init_tokenizer(args, os.path.join(args.out_dir, "tok.model")))
+    else:
+        tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size, args.threads)
+    if not args.init and tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size, "tokenizer": tok.fingerprint,
             "train_tokens": tokenize_to_file(tok, train_docs, os.path.join(args.out_dir, "train.bin")),
@@ -246,7 +277,8 @@ def get_args(argv=None):
     p.add_argument("--world-people", type=int, default=100, help="size of the built-in world (people)")
     p.add_argument("--world-seed", type=int, default=1337, help="seed of the built-in world")
     p.add_argument("--resume", action="store_true", help="continue from out/base.pt (optimizer, step, RNG)")
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (a fresh run otherwise)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights, with the tok.model beside it "
+                   "(a fresh model otherwise)")
     # model (None: the preset's value)
     p.add_argument("--preset", default="world", choices=sorted(PRESETS), help="model shape and schedule")
     p.add_argument("--dim", type=int, help=preset_help("model width", "dim"))
@@ -290,6 +322,13 @@ def get_args(argv=None):
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
     if args.init and typed_shape:
         p.error(f"--init trains the checkpoint's own shape: leave out {', '.join(typed_shape)}")
+    if args.init and args.vocab_size is not None:  # typed: but the run keeps the checkpoint's tokenizer
+        try:
+            vocab = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)["model_args"]["vocab_size"]
+        except Exception:  # no readable checkpoint: main() says so
+            vocab = args.vocab_size
+        if vocab != args.vocab_size:
+            p.error(f"--init keeps its checkpoint's tokenizer ({vocab} tokens): leave out --vocab-size")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -360,15 +399,19 @@ def main(argv=None):
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
     try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
+        if args.data and os.path.abspath(args.data) == os.path.abspath(args.out_dir):
+            raise ValueError("--out-dir is the --data directory: the run's own files (data.json, report.json, ...) "
+                             "would be read back as text; give a subdirectory or another directory")
         if args.resume:  # (without it, the flags fell back to the defaults and the data check spoke first)
             require_checkpoint(ckpt_path)
         if args.init:
             require_checkpoint(args.init)
-            # the run keeps the checkpoint's tokenizer: data flags that would retrain out/tok.model would also
-            # orphan every checkpoint beside it, and then be refused by --init's tokenizer check anyway
-            if os.path.exists(os.path.join(args.out_dir, "tok.model")) and prepared(args) is None:
-                raise ValueError(f"--init keeps its tokenizer, but these data flags would replace {args.out_dir}/"
-                                 "tok.model: give the data flags its data.json records, or another --out-dir")
+            # the run keeps the checkpoint's tokenizer: another tok.model in OUT_DIR would be replaced, and every
+            # checkpoint made with it orphaned
+            here, src = (os.path.join(d, "tok.model") for d in (args.out_dir, os.path.dirname(os.path.abspath(args.init))))
+            if os.path.exists(here) and os.path.exists(src) and not filecmp.cmp(here, src, shallow=False):
+                raise ValueError(f"--init keeps the tokenizer beside its checkpoint, {src}, but {here} is another "
+                                 "one (its checkpoints would no longer load): give another --out-dir")
         if not args.resume and not args.init:
             model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
     except (CheckpointError, ValueError) as e:

@@ -365,14 +365,23 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatc
         assert common.start(args) == ("cuda", want)
 
 
-def test_init_refuses_data_flags_that_would_replace_the_tokenizer(tmp_path, capsys):
-    run(tmp_path, "--max-steps", "2")
-    before = (tmp_path / "tok.model").read_bytes()
-    shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
+def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_path, capsys):
+    run(tmp_path / "w", "--max-steps", "2")
+    start = tmp_path / "w" / "base.pt"
     with pytest.raises(SystemExit) as e:
-        train.main(["--out-dir", str(tmp_path), "--init", str(tmp_path / "start.pt"), "--vocab-size", "500",
-                    "--world-people", "12", "--world-seed", "7"])
-    assert "would replace" in str(e.value.code) and (tmp_path / "tok.model").read_bytes() == before
+        train.main(["--out-dir", str(tmp_path / "w"), "--init", str(start), "--vocab-size", "500"])
+    assert e.value.code == 2 and "leave out --vocab-size" in capsys.readouterr().err
+    (tmp_path / "stories.txt").write_text("<|endoftext|>".join(f"Tom{i} found a red ball." for i in range(200)))
+    flags = ["--data", str(tmp_path / "stories.txt"), "--max-steps", "2", "--seq-len", "32", "--batch-size", "4",
+             "--exam-items", "0"]
+    run(tmp_path / "s", *flags, "--vocab-size", "300")  # a run with its own tokenizer
+    before = (tmp_path / "s" / "tok.model").read_bytes()
+    with pytest.raises(SystemExit) as e:  # (this used to train a new tokenizer, then refuse the checkpoint)
+        train.main(["--out-dir", str(tmp_path / "s"), "--init", str(start), *flags])
+    assert "is another one" in str(e.value.code) and (tmp_path / "s" / "tok.model").read_bytes() == before
+    train.main(["--out-dir", str(tmp_path / "ft"), "--init", str(start), *flags])  # the world model reads stories
+    assert (tmp_path / "ft" / "tok.model").read_bytes() == (tmp_path / "w" / "tok.model").read_bytes()
+    assert torch.load(tmp_path / "ft" / "base.pt", weights_only=True)["step"] == 2
 
 
 def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
@@ -428,3 +437,37 @@ def test_resume_keeps_the_models_dropout_over_a_rate_its_args_recorded_wrongly(t
     torch.save(ckpt, tmp_path / "base.pt")
     train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])
     assert torch.load(tmp_path / "base.pt", weights_only=True)["model_args"]["dropout"] == 0.2
+
+
+def test_a_few_long_texts_give_up_one_percent_to_validation_not_a_whole_text():
+    chapters = ["\n".join(f"Chapter {c}, line {i}: the cat sat on the mat." for i in range(200)) for c in range(2)]
+    train_docs, val_docs = train.split_documents(chapters)
+    total = sum(map(len, chapters))
+    assert 0.005 * total < sum(map(len, val_docs)) <= 0.02 * total  # the old split held out the second chapter
+    assert "".join(train_docs + val_docs) == "".join(chapters) and val_docs[0].startswith("Chapter 1, line")
+    many = [f"story {i}" for i in range(300)]
+    assert train.split_documents(many) == (many[:-3], many[-3:])  # 100 documents or more: whole documents
+
+
+def test_an_out_dir_inside_the_data_directory_is_not_read_as_data(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("\ufeff" + "<|endoftext|>".join(f"Tom{i} found a ball." for i in range(30)))
+    monkeypatch.chdir(tmp_path)  # a byte-order mark above: not text (it became a character of the first story)
+    flags = ["--data", ".", "--out-dir", "out", "--vocab-size", "300", "--seq-len", "32", "--max-steps", "2",
+             "--dim", "32", "--n-layers", "1", "--n-heads", "4", "--n-kv-heads", "4", "--exam-items", "0"]
+    train.main(flags)
+    assert train.read_documents(".", "out")[0] == "Tom0 found a ball."
+    train.main(flags + ["--resume", "--max-steps", "3"])  # read its own report.json as text before
+    assert torch.load(tmp_path / "out" / "base.pt", weights_only=True)["step"] == 3
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", ".", "--out-dir", "."])
+    assert "--out-dir is the --data directory" in str(e.value.code)
+
+
+def test_new_data_flags_name_the_checkpoints_the_new_tokenizer_orphans(tmp_path, capsys):
+    run(tmp_path, "--max-steps", "1")
+    (tmp_path / "sft.pt").write_bytes(b"a finetune of the old tokenizer's model")
+    run(tmp_path, "--max-steps", "1")  # the same data: the same tok.model, nothing to say
+    assert "were made with the old one" not in capsys.readouterr().out
+    run(tmp_path, "--max-steps", "1", "--vocab-size", "500")
+    out = capsys.readouterr().out
+    assert "train a new " in out and "sft.pt there were made with the old one" in out
