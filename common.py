@@ -323,7 +323,9 @@ def read_jsonl_lines(path, missing):
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028, U+0085, ...
+        # utf-8-sig: a byte-order mark (Windows editors) is not text. Not splitlines(): JSON strings may hold
+        # U+2028, U+0085, ...
+        return data.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None

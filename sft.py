@@ -17,6 +17,7 @@ Writes: out/sft.pt, report
     torchrun --standalone --nproc_per_node 2 sft.py
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -56,6 +57,9 @@ def read_chat_jsonl(path):
             raise ValueError(f"{path}:{n}: {e}") from None
         if not any(m["role"] == "assistant" for m in row["messages"]):
             raise ValueError(f"{path}:{n}: no assistant message to learn from")
+        empty = [i for i, m in enumerate(row["messages"]) if not m["content"].strip()]
+        if empty:  # most likely a field lost on the way; an empty answer would teach the model to say nothing
+            raise ValueError(f"{path}:{n}: message {empty[0]} ({row['messages'][empty[0]]['role']}) is empty")
         convs.append(row["messages"])
     if not convs:
         raise ValueError(f"--data {path} holds no conversations")
@@ -210,6 +214,10 @@ def main(argv=None):
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
         common.fail(f"{init} has vocab {model.args.vocab_size} but {args.out_dir}/tok.model has {tok.vocab_size}")
+    data_sha = hashlib.sha256(json.dumps(convs, sort_keys=True).encode()).hexdigest()[:16]
+    if args.resume and ckpt.get("data_sha", data_sha) != data_sha:  # the step counts and the order would not hold
+        common.fail(f"cannot resume: the conversations ({args.data or 'the built-in world'}) changed since this run "
+                    "started; start over without --resume")
 
     # conversations -> (x, y); the order of the examples is fixed by the seed, so a resumed run sees the same
     random.Random(args.seed).shuffle(convs)
@@ -250,7 +258,7 @@ def main(argv=None):
     def save(step):
         if master:
             save_checkpoint(ckpt_path, model, "sft", step=step, optimizer=optimizer, args=run_args,
-                            tokenizer=tok.fingerprint)
+                            tokenizer=tok.fingerprint, data_sha=data_sha)
 
     def batch_rows(step):
         """The conversations of a step: epoch-wise permutations from the seed, so any step can be rebuilt."""

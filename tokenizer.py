@@ -140,12 +140,12 @@ def check_messages(messages):
             raise ValueError(f"message {i} needs a string 'content'")
         if m.get("role") not in ROLES:
             raise ValueError(f"message {i} has unknown role {m.get('role')!r} (expected one of {', '.join(ROLES)})")
-    turns = messages[1:] if messages[0]["role"] == "system" else messages
-    for i, m in enumerate(turns):
+    first = 1 if messages[0]["role"] == "system" else 0
+    for i, m in enumerate(messages[first:]):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
             raise ValueError(f"turns must alternate user/assistant after an optional system message; "
-                             f"turn {i} is {m['role']!r}, expected {expected!r}")
+                             f"message {first + i} is {m['role']!r}, expected {expected!r}")
 
 
 def encode_content(tok, text):

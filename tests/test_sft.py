@@ -61,6 +61,8 @@ def test_long_conversations_lose_whole_turns(tok):
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}', "alternate"),
     ('{"text": "no messages"}', "\"messages\" list"),
     ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant message"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]}', "message 1 (assistant) is empty"),
+    ('{"messages": [{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}]}', "message 1 is 'assistant'"),
 ])
 def test_malformed_jsonl_is_reported_by_line_before_training(tmp_path, base_dir, line, why):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
@@ -79,6 +81,28 @@ def test_a_message_with_a_unicode_line_separator_is_one_line(tmp_path):
     path = tmp_path / "chats.jsonl"
     path.write_text(json.dumps({"messages": msgs}, ensure_ascii=False) + "\r\n", encoding="utf-8")
     assert sft.read_chat_jsonl(str(path)) == [msgs]
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    (tmp_path / "chats.jsonl").write_text("\ufeff" + json.dumps({"messages": msgs}) + "\n", encoding="utf-8")
+    assert sft.read_chat_jsonl(str(tmp_path / "chats.jsonl")) == [msgs]
+
+
+def test_resume_refuses_conversations_that_changed(tmp_path, base_dir):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    chats = [{"messages": [{"role": "user", "content": f"Who is {n}?"}, {"role": "assistant", "content": f"{n}."}]}
+             for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack")]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    sft.main(["--out-dir", str(out), "--data", str(path), "--epochs", "1", "--batch-size", "2", "--exam-items", "0"])
+    before = (out / "sft.pt").read_bytes()
+    path.write_text("".join(json.dumps(c) + "\n" for c in chats[:4]))
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(out), "--resume", "--epochs", "2"])
+    assert "the conversations" in str(e.value.code) and "changed since this run started" in str(e.value.code)
+    assert (out / "sft.pt").read_bytes() == before
 
 
 def test_resume_and_init_exclude_each_other(tmp_path, capsys):
