@@ -4,8 +4,8 @@ questions, a judge compares the answers of two models at a time, and Elo-style r
 wins and losses. Our judge is the world's simulated labeler (noisy, like people), so the ratings measure
 what the labeler prefers, not the gold score directly.
 
-Contestants are checkpoints or exported blobs. A base checkpoint answers with the "Q: ... A:" framing of
-seed 001 (a document generator has no chat format); SFT and RLHF checkpoints and blobs answer as chats.
+Contestants are checkpoints or exported blobs. A base model answers with the "Q: ... A:" framing of seed 001
+(a document generator has no chat format); SFT and RLHF models answer as chats.
 Ratings are a Bradley-Terry fit to all battles (as LMArena computes them, rather than the order-dependent
 online Elo update), on the Elo scale (400 points = 10:1 odds), mean 1000, with 95% intervals from
 resampling the questions.
@@ -35,8 +35,14 @@ DEFAULT_CONTESTANTS = ["base.pt", "sft.pt", "rlhf.pt", "rlhf_nokl_last.pt", "rlh
 # ----------------------------------------------------------------------------------------------------------
 # contestants: anything that answers a list of questions with (text, ended) pairs
 
+def qa_answer(text, ended):
+    """A base model's answer in the Q/A framing: its first line (the next line would be its own next "Q:")."""
+    return text.split("\n")[0].strip(), "\n" in text or ended
+
+
 def checkpoint_player(path, temperature, max_new_tokens, seed):
-    """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model."""
+    """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model. Returns the answering
+    function, the world the model was trained on, and whether it answers in the Q/A framing."""
     require_checkpoint(path)
     tok = Tokenizer(os.path.join(os.path.dirname(os.path.abspath(path)), "tok.model"))  # the one beside it
     model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
@@ -51,42 +57,49 @@ def checkpoint_player(path, temperature, max_new_tokens, seed):
         prompts = [[tok.bos_id] + tok.encode(world_lib.qa_framed(q)) for q in questions]
         outs = generate_many(model, prompts, max_new_tokens, temperature=temperature, stop_id=tok.eos_id,
                              generator=gen)
-        texts = [tok.decode([t for t in o if t != tok.eos_id]) for o in outs]
-        return [(t.split("\n")[0].strip(), "\n" in t or (bool(o) and o[-1] == tok.eos_id)) for t, o in zip(texts, outs)]
-    return answer, base_args
+        return [qa_answer(tok.decode([t for t in o if t != tok.eos_id]), bool(o) and o[-1] == tok.eos_id)
+                for o in outs]
+    return answer, base_args, ckpt["stage"] == "base"
 
 
 def blob_player(path, temperature, max_new_tokens, seed):
-    """Answers from an exported blob, computed by run.py (NumPy), exactly as a user would get them."""
+    """Answers from an exported blob, computed by run.py (NumPy), exactly as a user would get them; as
+    checkpoint_player, a base model's in the Q/A framing. Blobs do not record the world."""
     header, weights, release = runtime.load_blob(path)
     model = runtime.Transformer(header["model_args"], weights, release)
     tok = runtime.Tokenizer(header["tokenizer"], header["chat"])
     rng = random.Random(seed)
+    base = header.get("stage") == "base"
 
     def answer(questions):
         out = []
         for q in questions:
-            ids = runtime.render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
+            if base:
+                ids, stop = [tok.bos_id] + tok.encode(world_lib.qa_framed(q)), tok.eos_id
+            else:
+                ids, stop = runtime.render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True), tok.end_id
             new = list(runtime.generate(model, ids, 0, max_new_tokens,
                                         lambda logits: runtime.sample_next(logits, temperature, 0, 1.0, rng),
-                                        stop_id=tok.end_id))
-            ended = bool(new) and new[-1] == tok.end_id
-            out.append((tok.decode([t for t in new if t != tok.end_id]).strip(), ended))
+                                        stop_id=stop))
+            ended = bool(new) and new[-1] == stop
+            text = tok.decode([t for t in new if t != stop])
+            out.append(qa_answer(text, ended) if base else (text.strip(), ended))
         return out
-    return answer, {}
+    return answer, {}, base
 
 
 # ----------------------------------------------------------------------------------------------------------
 # battles and ratings
 
-def unique_names(paths):
+def unique_names(paths, qa_framing):
     """A contestant's name is its file's stem ("rlhf"), with its directory when two stems are the same
-    ("run1/rlhf", "run2/rlhf"), and a number when even that is not enough: the report is keyed by name."""
+    ("run1/rlhf", "run2/rlhf"), and a number when even that is not enough: the report is keyed by name.
+    A base model's says it answered in the Q/A framing."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     names = [s if stems.count(s) == 1 else f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}/{s}"
              for p, s in zip(paths, stems)]
     names = [n if names.count(n) == 1 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]
-    return [n + (" (Q/A framing)" if p.endswith("base.pt") else "") for p, n in zip(paths, names)]
+    return [n + (" (Q/A framing)" if framed else "") for n, framed in zip(names, qa_framing)]
 
 
 def battles(items, answers, seed):
@@ -161,19 +174,19 @@ def main(argv=None):
     paths = args.contestants or [os.path.join(args.out_dir, f) for f in DEFAULT_CONTESTANTS
                                  if os.path.exists(os.path.join(args.out_dir, f))]
     if len(paths) < 2:
-        common.fail(f"the arena needs at least two contestants (found {len(paths)} in {args.out_dir})")
-    players, world_args = [], {}
+        common.fail("the arena needs at least two contestants (" + (f"given {len(paths)}" if args.contestants else
+                    f"found {len(paths)} of {', '.join(DEFAULT_CONTESTANTS)} in {args.out_dir}") + ")")
+    players, world_args, qa_framing = [], {}, []
     for path in paths:
         try:
-            if path.endswith(".pt"):
-                answer, base_args = checkpoint_player(path, args.temperature, args.max_new_tokens, args.seed)
-                world_args = world_args or base_args
-            else:
-                answer, _ = blob_player(path, args.temperature, args.max_new_tokens, args.seed)
+            player = checkpoint_player if path.endswith(".pt") else blob_player
+            answer, base_args, framed = player(path, args.temperature, args.max_new_tokens, args.seed)
         except (CheckpointError, runtime.BlobError, ValueError) as e:
             common.fail(e)
+        world_args = world_args or base_args
         players.append(answer)
-    names = unique_names(paths)
+        qa_framing.append(framed)
+    names = unique_names(paths, qa_framing)
     if not world_args and args.world_people is None and args.world_seed is None:  # blobs do not record the world
         print("note: no checkpoint among the contestants to read the world from: the default world (100 people, "
               "seed 1337); --world-people and --world-seed choose another")

@@ -1,10 +1,12 @@
-"""arena.py: the ratings follow the battles, and the judge is the world's labeler."""
+"""arena.py: the ratings follow the battles, the judge is the world's labeler, and a base model, checkpoint or
+blob, answers in the Q/A framing."""
 import random
 import shutil
 
 import pytest
 
 import arena
+import export
 import world
 from model import CheckpointError, ModelArgs, Transformer, save_checkpoint
 
@@ -41,7 +43,7 @@ def test_battles_prefer_the_right_answer(tiny_world):
 
 def test_contestants_get_unique_names_for_the_report():
     names = arena.unique_names(["a/rlhf.pt", "b/rlhf.pt", "out/sft.pt", "out/base.pt", "out/model.bin", "c/model.bin",
-                                "out/sft.pt"])
+                                "out/sft.pt"], [False, False, False, True, False, False, False])
     assert names == ["a/rlhf", "b/rlhf", "out/sft #1", "base (Q/A framing)", "out/model", "c/model", "out/sft #2"]
     assert len(set(names)) == len(names)
 
@@ -51,7 +53,8 @@ def test_a_bare_checkpoint_name_reads_the_tokenizer_beside_it(tmp_path, monkeypa
     net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
     save_checkpoint(str(tmp_path / "sft.pt"), net, "sft", tokenizer=tok.fingerprint, args={})
     monkeypatch.chdir(tmp_path)  # no out/ here: `python arena.py sft.pt ...` means ./sft.pt and ./tok.model
-    answer, _ = arena.checkpoint_player("sft.pt", 1.0, 4, seed=0)
+    answer, _, framed = arena.checkpoint_player("sft.pt", 1.0, 4, seed=0)
+    assert not framed
     assert len(answer(["Where does Anna live?"])) == 1
     with pytest.raises(CheckpointError, match="no checkpoint at none.pt"):
         arena.checkpoint_player("none.pt", 1.0, 4, seed=0)
@@ -71,7 +74,7 @@ def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_worl
         good = path.startswith("good")
         return (lambda questions: [(f"{items[q]['subject']} has the answer {items[q]['answer']}." if good
                                     else "I do not know.", True) for q in questions],
-                {"world_people": 12, "world_seed": 7})
+                {"world_people": 12, "world_seed": 7}, False)
     monkeypatch.setattr(arena, "checkpoint_player", player)
     arena.main(["bad.pt", "good.pt", "--out-dir", str(tmp_path), "--questions", "30"])
     first = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
@@ -79,8 +82,18 @@ def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_worl
 
 
 def test_blobs_alone_say_which_world_their_questions_come_from(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(arena, "blob_player", lambda *a: ((lambda qs: [("I do not know.", True) for _ in qs]), {}))
+    monkeypatch.setattr(arena, "blob_player", lambda *a: ((lambda qs: [("I do not know.", True) for _ in qs]), {}, False))
     arena.main(["a.bin", "b.bin", "--out-dir", str(tmp_path), "--questions", "5"])
     assert "note: no checkpoint among the contestants" in capsys.readouterr().out
     arena.main(["a.bin", "b.bin", "--out-dir", str(tmp_path), "--questions", "5", "--world-people", "100"])
     assert "note: no checkpoint" not in capsys.readouterr().out
+
+
+def test_a_base_blob_answers_in_the_qa_framing(tmp_path, monkeypatch, tok):
+    net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
+    export.write_blob(str(tmp_path / "base.bin"), net, "base", 0, tok)
+    prompts, said = [], tok.encode(" Anna lives in Dunmore.\nQ: Where") + [tok.eos_id]
+    monkeypatch.setattr(arena.runtime, "generate", lambda model, ids, *a, **k: prompts.append(ids) or iter(said))
+    answer, _, framed = arena.blob_player(str(tmp_path / "base.bin"), 1.0, 16, seed=0)
+    assert framed and answer(["Where does Anna live?"]) == [("Anna lives in Dunmore.", True)]
+    assert prompts == [[tok.bos_id] + tok.encode(world.qa_framed("Where does Anna live?"))]

@@ -382,5 +382,6 @@ def test_a_blob_contestant_ends_its_answer_at_end_of_turn(blob, tok, monkeypatch
     word = tok.encode(" Dunmore")
     script = iter(word + [tok.end_id] + word * 20)
     monkeypatch.setattr(arena.runtime, "sample_next", lambda *a: next(script))
-    answer, _ = arena.blob_player(str(blob[1]), 1.0, 10, seed=0)
+    answer, _, framed = arena.blob_player(str(blob[1]), 1.0, 10, seed=0)
+    assert not framed
     assert answer(["Where does Anna live?"]) == [(tok.decode(word).strip(), True)]
