@@ -600,6 +600,8 @@ def main():
             or args.threads < 1 or (args.seed or 0) < 0):
         parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1, --threads >= 1, "
                      "--seed >= 0")
+    if args.system is not None and not args.chat:
+        parser.error("--system starts a chat: give --chat too")
     for stream in (sys.stdout, sys.stdin):  # never die on a character the terminal cannot show or send
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")

@@ -271,7 +271,8 @@ def test_command_line_options_anywhere_and_odd_input(pair, capsys):
     assert capsys.readouterr().out == want and want.startswith("Anna lives in")
     call_main(run, [path, "\udcff\udcfe Anna", "--temperature", "0", "--max-new-tokens", "2"])  # argv not UTF-8
     assert capsys.readouterr().out.startswith("\ufffd\ufffd Anna")
-    for argv in (["--temperature", "nan"], ["--temperature", "inf"], ["--thread", "1"], ["--seed", "-1"]):
+    for argv in (["--temperature", "nan"], ["--temperature", "inf"], ["--thread", "1"], ["--seed", "-1"],
+                 ["--system", "Be terse."]):  # a system message without --chat was dropped unsaid
         with pytest.raises(SystemExit) as e:
             call_main(run, [path, "hi", *argv])
         assert e.value.code == 2  # argparse's one usage line
