@@ -66,7 +66,10 @@ def train_tokenizer(texts, model_prefix, vocab_size, threads=0):
             input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=16384,
             num_threads=threads or os.cpu_count() or 1, minloglevel=2)
     except RuntimeError as e:
-        raise ValueError(f"cannot train a {vocab_size}-token vocabulary on this text: {str(e).splitlines()[0]}") from None
+        need = re.search(r"required_chars\. \d+ vs (\d+)", str(e))  # (its advice names a flag we do not have)
+        raise ValueError(f"cannot train a {vocab_size}-token vocabulary on this text: " + (
+            f"its characters, the 256 byte pieces and the special tokens need at least {need[1]}: raise --vocab-size"
+            if need else str(e).splitlines()[0])) from None
     return Tokenizer(model_prefix + ".model")
 
 
