@@ -6,6 +6,7 @@ precision, torchrun/DDP set-up, the learning-rate schedule, the one-line step lo
 Not a framework: plain functions, each used by at least two scripts.
 """
 import argparse
+import codecs
 import contextlib
 import ctypes
 import datetime
@@ -327,7 +328,7 @@ def read_jsonl_lines(path, missing):
         # U+2028, U+0085, ...
         return data.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[:e.start + 3 * data.startswith(codecs.BOM_UTF8)].count(b"\n") + 1  # (e.start is after the mark)
         raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
 
 

@@ -12,7 +12,7 @@ optimised.
 1. Comparisons, from one of: the simulated labeler (default; world.label, Bradley-Terry noise), a person at
    the terminal (--label; 1/2/t(ie)/s(kip)/q(uit), saved as you go), or a JSONL file (--comparisons FILE,
    one {"prompt", "chosen", "rejected"} per line, optional "tie", "chosen_ended", "rejected_ended").
-   Written to OUT_DIR/comparisons.jsonl.
+   Written to OUT_DIR/comparisons.jsonl, unless a file there holds comparisons no run can make again.
 2. Reward model: the SFT transformer with a scalar head read at the last token, plus --rm-likelihood times the
    mean log-probability its own LM head gives the answer (model.Transformer.score), trained with the
    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), a prompt's answers scored once for all its pairs
@@ -31,8 +31,9 @@ optimised.
 4. Early stopping by a held-out spot check: every --eval-interval steps the labeler compares the current
    policy's answer with the SFT model's answer on a fixed set of held-out prompts (fresh comparisons, the
    periodic human check a team does by hand; --spot-prompts labels per check, beyond --n-comparisons).
-   OUT_DIR/rlhf.pt holds the policy with the best spot-check win-rate; OUT_DIR/rlhf_last.pt the latest one
-   (with the optimizer, for --resume).
+   OUT_DIR/rlhf.pt holds the policy with the best spot-check win-rate (the latest, on a model pretrained on other
+   text than the world's, which the labeler cannot judge); OUT_DIR/rlhf_last.pt the latest one (with the
+   optimizer, for --resume).
 5. The exam: gold win-rate of the chosen policy against SFT on other held-out prompts (both sampled at
    temperature 1, ties count half), KL to SFT, QA accuracy before and after (the alignment tax), the curve of
    proxy and gold reward against KL (rl_curve.jsonl, rl_curve.svg), and what changed in the answers from the
@@ -195,8 +196,6 @@ def label_at_terminal(pairs, path, goal, ask=input, show=print):
     saved, f = 0, None
     try:
         for prompt, a, b, ea, eb in pairs:
-            if saved == goal:
-                break
             show(f"\n[{saved + 1}/{goal}] user: {prompt}")
             show(f"  1: {a}{'' if ea else '  [cut off]'}")
             show(f"  2: {b}{'' if eb else '  [cut off]'}")
@@ -218,6 +217,8 @@ def label_at_terminal(pairs, path, goal, ask=input, show=print):
                                 "rejected_ended": er, "tie": choice in ("t", "tie"), "labeler": "human"}) + "\n")
             f.flush()
             saved += 1
+            if saved == goal:  # before the next pair: it may cost a batch of sampling
+                break
     finally:
         if f is not None:
             f.close()
@@ -761,30 +762,36 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------------------------
     # 1 + 2: comparisons and the reward model, reused when rm.pt was made from the same SFT model and data
-    if args.label:  # the person labels first; what they saved decides the rest
+    if args.label:  # the person labels first (a resumed run trains on what they saved); that decides the rest
         records = []
         if os.path.exists(cmp_path) and os.path.getsize(cmp_path) > 0:  # (empty: left by an older version)
             try:
                 records = read_comparisons(cmp_path)
             except ValueError as e:
                 common.fail(f"{e} (move the file away to start over)")
-            if any(r.get("labeler") == "simulated" for r in records):  # those can be made again; others cannot
-                n_simulated = sum(r.get("labeler") == "simulated" for r in records)
-                records = [r for r in records if r.get("labeler") != "simulated"]
+        made = sum(r.get("labeler") in ("simulated", "file") for r in records)  # rows a run can make again
+        if made and not args.resume:
+            records = [r for r in records if r.get("labeler") not in ("simulated", "file")]
+            if records:
                 write_comparisons(cmp_path, records)
-                log(f"note: {cmp_path} held {n_simulated} comparisons by the simulated labeler: removed (a run "
-                    "without --label makes them again); the file is yours from now on")
-        todo = args.n_comparisons - len(records)
+            else:
+                os.remove(cmp_path)
+            log(f"note: {cmp_path} held {made} comparisons by the simulated labeler or copied from a --comparisons "
+                "file: removed (a run without --label makes them again); the file is yours from now on")
+        todo = 0 if args.resume else args.n_comparisons - len(records)
         if todo > 0:
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
             items = rng.sample(train_items, len(train_items))
             pairs = terminal_pairs(sft, tok, items, args.max_new_tokens, sampling_generator(sft, args.seed + len(records)))
-            log(f"labelling: {len(records)} comparisons saved so far, {todo} to go. Which answer is better?")
+            log(f"labelling: {len(records)} comparisons saved so far, {todo} to go (one pair per prompt, at most "
+                f"{len(items)} in a session). Which answer is better?")
             saved, quit_ = label_at_terminal(pairs, cmp_path, todo)
-            if quit_ or not os.path.exists(cmp_path):
+            if quit_ or not len(records) + saved:
                 log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `python rlhf.py --label` again "
                     f"to continue" + (f", or train on them now with --comparisons {cmp_path}" if saved + len(records) else ""))
                 return
+        if not os.path.exists(cmp_path):  # (a resumed run whose comparisons were moved away)
+            common.fail(f"no comparisons at {cmp_path}: label some with --label (without --resume)")
         source = f"human:{file_sha(cmp_path)}"
     elif file_records is not None:
         source = f"file:{file_sha(args.comparisons)}"
@@ -813,8 +820,8 @@ def main(argv=None):
         if os.path.exists(cmp_path) and not args.label:
             try:
                 their_file = any(r.get("labeler") not in ("simulated", "file") for r in read_comparisons(cmp_path))
-            except ValueError:
-                pass
+            except ValueError:  # a file with a typo is still someone's (an empty one is nobody's)
+                their_file = os.path.getsize(cmp_path) > 0
         if args.label:
             records = read_comparisons(cmp_path)
         elif file_records is not None:

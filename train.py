@@ -1,11 +1,12 @@
 """
 Stage 1, pretraining: an "internet document generator" (seed 002) learned by next-token prediction.
 
-Reads documents (the built-in world by default, or --data), trains a sentencepiece BPE tokenizer on them,
-tokenizes everything once into uint16 memmaps, then trains the Transformer of model.py to predict each
-next token. At the end the exam: validation loss, fact recall by completion ("Anna Ward lives in" ->
-"Thornbury": knowledge compressed into the weights), questions answered with the "Q: ... A:" framing
-of seed 001, and a few "dreamed" documents. Results go to out/report.md and out/report.json.
+Reads documents (the built-in world by default, or --data), trains a sentencepiece BPE tokenizer on them (or
+keeps the one beside an --init checkpoint), tokenizes everything once into uint16 memmaps, then trains the
+Transformer of model.py to predict each next token. At the end the exam: validation loss, fact recall by
+completion ("Anna Ward lives in" -> "Thornbury": knowledge compressed into the weights), questions answered
+with the "Q: ... A:" framing of seed 001, and a few "dreamed" documents. Results go to out/report.md and
+out/report.json.
 
 Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, out/val.bin, out/base.pt
     python train.py                                        # built-in world, a few minutes on 2 CPU cores
@@ -133,9 +134,17 @@ def tokenize_to_file(tok, docs, path):
     return n
 
 
+def init_tokenizer(args):
+    """The tok.model beside the --init checkpoint, which the run keeps; None without --init or without that file
+    (then the tokenizer is trained from the data flags, and must come out as the checkpoint's)."""
+    path = args.init and os.path.join(os.path.dirname(os.path.abspath(args.init)), "tok.model")
+    return path if path and os.path.exists(path) else None
+
+
 def data_source(args):
     """What the token files are made from, as data.json records it."""
     return {"data": os.path.abspath(args.data) if args.data else None, "vocab_size": args.vocab_size,
+            "tokenizer_from": init_tokenizer(args),
             "world_people": args.world_people, "world_seed": args.world_seed,
             "files": data_files_stamp(args.data, args.out_dir) if args.data else None}
 
@@ -148,7 +157,9 @@ def prepared(args):
     with open(meta_path) as f:
         meta = json.load(f)
     source = data_source(args)
-    recorded = {"files": source["files"], **meta.get("source", {})}  # data.json from before file stamps
+    recorded = {"files": source["files"], "tokenizer_from": None, **meta.get("source", {})}  # an older data.json
+    if args.resume:  # --init is not restored on a resume; load_checkpoint checks the tokenizer instead
+        recorded["tokenizer_from"] = source["tokenizer_from"]
     there = all(os.path.exists(os.path.join(args.out_dir, x)) for x in ("tok.model", "train.bin", "val.bin"))
     # ... and tok.model is still the one that wrote the .bin files (a data.json from before records none)
     if there and recorded == source and meta.get("tokenizer") in (
@@ -157,19 +168,9 @@ def prepared(args):
     return None
 
 
-def init_tokenizer(args, dest):
-    """Copy the tok.model beside the --init checkpoint to dest (unless it is already there); returns dest."""
-    src = os.path.join(os.path.dirname(os.path.abspath(args.init)), "tok.model")
-    if not os.path.exists(src):
-        raise ValueError(f"--init uses the tokenizer beside its checkpoint, and there is no {src}")
-    if not (os.path.exists(dest) and os.path.samefile(src, dest)):
-        shutil.copyfile(src, dest)
-    return dest
-
-
 def prepare_data(args, log):
-    """Train the tokenizer and write out/train.bin and out/val.bin, unless out/data.json says the same data
-    was already prepared (then reuse them: resuming must see the same tokens)."""
+    """Train the tokenizer (or take --init's) and write out/train.bin and out/val.bin, unless out/data.json says
+    the same data was already prepared (then reuse them: resuming must see the same tokens)."""
     meta_path = os.path.join(args.out_dir, "data.json")
     meta = prepared(args)
     if meta is not None:
@@ -181,22 +182,26 @@ def prepare_data(args, log):
             raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
         os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
     later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
-    if later and not args.init and os.path.exists(os.path.join(args.out_dir, "tok.model")):
+    src = init_tokenizer(args)
+    if later and src is None and os.path.exists(os.path.join(args.out_dir, "tok.model")):
         log(f"note: these data flags train a new {args.out_dir}/tok.model: {', '.join(later)} there were made with "
-            "the old one and will not load with the new one (train.py with their data flags makes the old one again)")
+            "the old one and will not load with the new one")
     source = data_source(args)  # the files as they are when read
     if args.data:
         train_docs, val_docs = split_documents(read_documents(args.data, args.out_dir))
     else:
         train_docs, val_docs = world_lib.pretrain_docs(world_lib.make_world(args.world_people, args.world_seed))
     log(f"data: {len(train_docs):,} train / {len(val_docs):,} val documents "
-        f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); " + ("tokenizing with the --init checkpoint's tokenizer"
-                                                                    if args.init else "training the tokenizer ..."))
-    if args.init:  # its model knows only its own tokens: new text is cut into those (as nanoGPT finetunes GPT-2)
-        tok = Tokenizer(init_tokenizer(args, os.path.join(args.out_dir, "tok.model")))
+        f"({sum(map(len, train_docs)) / 1e6:.2f} M characters); " + (f"tokenizing with {src}" if src else
+                                                                    "training the tokenizer ..."))
+    if src:  # --init's model knows only its own tokens: new text is cut into those (as nanoGPT finetunes GPT-2)
+        dest = os.path.join(args.out_dir, "tok.model")
+        if not (os.path.exists(dest) and os.path.samefile(src, dest)):
+            shutil.copyfile(src, dest)
+        tok = Tokenizer(dest)
     else:
         tok = train_tokenizer(train_docs, os.path.join(args.out_dir, "tok"), args.vocab_size, args.threads)
-    if not args.init and tok.vocab_size < args.vocab_size:
+    if not src and tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size, "tokenizer": tok.fingerprint,
             "train_tokens": tokenize_to_file(tok, train_docs, os.path.join(args.out_dir, "train.bin")),
@@ -408,8 +413,8 @@ def main(argv=None):
             require_checkpoint(args.init)
             # the run keeps the checkpoint's tokenizer: another tok.model in OUT_DIR would be replaced, and every
             # checkpoint made with it orphaned
-            here, src = (os.path.join(d, "tok.model") for d in (args.out_dir, os.path.dirname(os.path.abspath(args.init))))
-            if os.path.exists(here) and os.path.exists(src) and not filecmp.cmp(here, src, shallow=False):
+            here, src = os.path.join(args.out_dir, "tok.model"), init_tokenizer(args)
+            if src and os.path.exists(here) and not filecmp.cmp(here, src, shallow=False):
                 raise ValueError(f"--init keeps the tokenizer beside its checkpoint, {src}, but {here} is another "
                                  "one (its checkpoints would no longer load): give another --out-dir")
         if not args.resume and not args.init:

@@ -312,7 +312,8 @@ def test_label_mode_removes_the_simulated_comparisons_and_keeps_the_others(out_d
     monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
     rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST])
     out = capsys.readouterr().out
-    assert "held 1 comparisons by the simulated labeler: removed" in out and "note: a fresh run" not in out
+    assert "held 1 comparisons by the simulated labeler or copied from a --comparisons file: removed" in out
+    assert "note: a fresh run" not in out
     assert [{k: r[k] for k in yours} for r in map(json.loads, open(out_dir / "comparisons.jsonl"))] == [yours]
     with pytest.raises(SystemExit) as e:  # nor does a run of the simulated labeler save over it
         rlhf.main(["--out-dir", str(out_dir), "--n-comparisons", "6", *FAST])
@@ -321,10 +322,39 @@ def test_label_mode_removes_the_simulated_comparisons_and_keeps_the_others(out_d
 
 
 def test_label_mode_skipping_every_pair_saves_nothing_and_says_so(out_dir, monkeypatch, capsys):
-    monkeypatch.setattr("sys.stdin", io.StringIO("s\ns\n"))  # then end of input
+    pairs = [("Q1?", "a1", "b1", True, True), ("Q2?", "a2", "b2", True, True)]
+    monkeypatch.setattr(rlhf, "terminal_pairs", lambda *a: iter(pairs))  # the session runs out of pairs: no quit
+    monkeypatch.setattr("sys.stdin", io.StringIO("s\ns\n"))
     rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "2", *FAST])
     assert "saved 0 comparisons" in capsys.readouterr().out
     assert not os.path.exists(out_dir / "comparisons.jsonl")
+
+
+def test_label_mode_removes_copies_of_a_file_and_a_resumed_label_run_does_not_ask_again(out_dir, monkeypatch):
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
+            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text("".join(json.dumps({**r, "labeler": "file"}) + "\n" for r in rows))  # a --comparisons run's copy
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
+    rlhf.main(["--out-dir", str(out_dir), "--label", *FAST])
+    assert not cmp.exists()  # the person's labels are not mixed with a file's
+    cmp.write_text("".join(json.dumps({**r, "labeler": "human"}) + "\n" for r in rows))
+    monkeypatch.setattr(rlhf, "terminal_pairs", lambda *a: iter([]))  # a session that runs out of pairs: RM, RL
+    run = ["--out-dir", str(out_dir), "--label", "--n-comparisons", "20", "--rm-heldout", "0.3", "--steps", "2",
+           "--eval-interval", "100", *FAST]
+    rlhf.main(run)
+    monkeypatch.setattr(rlhf, "label_at_terminal", lambda *a: pytest.fail("a resumed run asked for labels"))
+    rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "3"])
+    assert [json.loads(line)["step"] for line in open(out_dir / "rl_curve.jsonl")] == [1, 2, 3]
+
+
+def test_an_unreadable_comparisons_file_is_not_saved_over(out_dir):
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n" + '{"prompt": "Q2?", "cho')
+    before = cmp.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--n-comparisons", "6", *FAST])
+    assert "the simulated labeler did not make" in str(e.value.code) and cmp.read_bytes() == before
 
 
 def test_a_failed_comparisons_run_keeps_the_old_file(out_dir):
@@ -536,12 +566,16 @@ def test_a_resume_refuses_other_comparisons_a_gap_in_the_curve_or_a_kept_policy_
     save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=1)  # another run's, saved over it
     saved["rlhf.pt"] = (out_dir / "rlhf.pt").read_bytes()
     refused(f"rlhf.pt holds step 1, not step {best}")
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=6)  # ahead of rlhf_last.pt: the stopped
+    rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "5"])  # run saved it and was killed before that
     with pytest.raises(SystemExit) as e:
         rlhf.main(["--out-dir", str(out_dir), "--resume", "--retrain-rm"])
     assert e.value.code == 2 and "--retrain-rm starts a new reward model" in capsys.readouterr().err
 
 
-def test_on_a_model_of_other_text_the_kept_policy_is_the_last_step(out_dir, capsys):
+def test_on_a_model_of_other_text_the_kept_policy_is_the_last_step(out_dir, capsys, monkeypatch):
+    spots = iter([0.9, 0.2, 0.1])  # the spot check (meaningless here) falls: it would keep step 0
+    monkeypatch.setattr(rlhf, "spot_check", lambda *a: next(spots))
     save_checkpoint(str(out_dir / "sft.pt"), tiny_model(), "sft",
                     args={"base_args": {"world_people": 12, "world_seed": 7, "data": "stories.txt"}})
     rlhf.main(job_pairs(out_dir) + ["--steps", "3", "--eval-interval", "2", "--lr", "1e-2"])

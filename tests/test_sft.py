@@ -87,6 +87,9 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     (tmp_path / "chats.jsonl").write_text("\ufeff" + json.dumps({"messages": msgs}) + "\n", encoding="utf-8")
     assert sft.read_chat_jsonl(str(tmp_path / "chats.jsonl")) == [msgs]
+    (tmp_path / "chats.jsonl").write_bytes(b"\xef\xbb\xbf{}\n\xff")  # a bad byte is named by its own line
+    with pytest.raises(ValueError, match="chats.jsonl:2: not UTF-8"):
+        sft.read_chat_jsonl(str(tmp_path / "chats.jsonl"))
 
 
 def test_resume_refuses_conversations_that_changed(tmp_path, base_dir):

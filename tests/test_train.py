@@ -382,6 +382,16 @@ def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_pat
     train.main(["--out-dir", str(tmp_path / "ft"), "--init", str(start), *flags])  # the world model reads stories
     assert (tmp_path / "ft" / "tok.model").read_bytes() == (tmp_path / "w" / "tok.model").read_bytes()
     assert torch.load(tmp_path / "ft" / "base.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    train.main(["--out-dir", str(tmp_path / "ft"), *flags, "--vocab-size", "300"])  # a new model: its own tokenizer
+    assert "training the tokenizer" in capsys.readouterr().out
+    os.makedirs(tmp_path / "bare")  # a checkpoint copied without its tok.model: trained again from the data flags,
+    shutil.copy(start, tmp_path / "bare" / "s.pt")  # which give the same one, as before --init kept tokenizers
+    train.main(["--out-dir", str(tmp_path / "w2"), "--init", str(tmp_path / "bare" / "s.pt"), "--world-people", "12",
+                "--world-seed", "7", "--vocab-size", "600", "--seq-len", "64", "--batch-size", "4", "--exam-items", "0",
+                "--eval-batches", "2", "--max-steps", "1"])
+    w, w2 = (Tokenizer(str(tmp_path / d / "tok.model")) for d in ("w", "w2"))
+    assert w2.fingerprint == w.fingerprint
 
 
 def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
