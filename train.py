@@ -417,6 +417,10 @@ def main(argv=None):
             if src and os.path.exists(here) and not filecmp.cmp(here, src, shallow=False):
                 raise ValueError(f"--init keeps the tokenizer beside its checkpoint, {src}, but {here} is another "
                                  "one (its checkpoints would no longer load): give another --out-dir")
+            if not src and os.path.exists(here) and prepared(args) is None:  # (it would be trained anew)
+                raise ValueError(f"--init keeps its tokenizer, but there is no tok.model beside {args.init} and these "
+                                 f"data flags would replace {here}: put its tok.model beside it, or give another "
+                                 "--out-dir")
         if not args.resume and not args.init:
             model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
     except (CheckpointError, ValueError) as e:

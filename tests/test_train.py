@@ -392,6 +392,10 @@ def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_pat
                 "--eval-batches", "2", "--max-steps", "1"])
     w, w2 = (Tokenizer(str(tmp_path / d / "tok.model")) for d in ("w", "w2"))
     assert w2.fingerprint == w.fingerprint
+    before = (tmp_path / "s" / "tok.model").read_bytes()
+    with pytest.raises(SystemExit) as e:  # ... but never over another tokenizer
+        train.main(["--out-dir", str(tmp_path / "s"), "--init", str(tmp_path / "bare" / "s.pt"), *flags])
+    assert "no tok.model beside" in str(e.value.code) and (tmp_path / "s" / "tok.model").read_bytes() == before
 
 
 def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
