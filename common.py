@@ -152,6 +152,9 @@ class Dist:
             # default timeout of 10 minutes is short for a large --data, so allow an hour
             dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=1))
             if device.startswith("cuda"):
+                if self.local_rank >= torch.cuda.device_count():
+                    fail(f"torchrun started more processes on this node than it has GPUs ({torch.cuda.device_count()}):"
+                         " give --nproc_per_node at most that")
                 self.device = f"cuda:{self.local_rank}"
                 torch.cuda.set_device(self.device)
 

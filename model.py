@@ -333,6 +333,16 @@ def configure_optimizer(model, lr, weight_decay, betas, device_type):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
 
 
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict(state), keeping the implementation this device's optimizer was built with:
+    load_state_dict also restores the saved run's `fused`/`foreach` flags, and a CPU run's fused=False resumed on
+    a GPU would take AdamW's slowest path (one GPU sync per parameter per step)."""
+    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, flags):
+        group.update(kept)
+
+
 def unwrap(model):
     """The plain Transformer inside DDP and/or torch.compile wrappers (so saved keys never carry
     `module.` or `_orig_mod.` prefixes)."""

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, load_checkpoint,
-                   mean_logprob, save_checkpoint, token_logprobs)
+                   load_optimizer_state, mean_logprob, save_checkpoint, token_logprobs)
 from tokenizer import Tokenizer, encode_content, render_chat
 
 
@@ -945,7 +945,7 @@ def main(argv=None):
     step, rows, best, last_answers = 0, [], {"step": 0, "spot": -1.0}, []
     if ckpt is not None:
         policy.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         step, best = ckpt["step"], ckpt["best"]
         try:
             with open(curve_path) as f:

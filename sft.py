@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 import world as world_lib
-from model import CheckpointError, configure_optimizer, load_checkpoint, lm_loss, save_checkpoint
+from model import (CheckpointError, configure_optimizer, load_checkpoint, load_optimizer_state, lm_loss,
+                   save_checkpoint)
 from tokenizer import Tokenizer, check_messages, render_chat
 
 
@@ -244,7 +245,7 @@ def main(argv=None):
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, 0.95), device.split(":")[0])
     start_step = 0
     if args.resume:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         start_step = ckpt["step"]
     train_model = DDP(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None) if ddp.enabled else model
     ctx = common.autocast(device, dtype)

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
-                   load_checkpoint, lm_loss, require_checkpoint, save_checkpoint)
+                   load_checkpoint, load_optimizer_state, lm_loss, require_checkpoint, save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
 # Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
@@ -425,6 +425,7 @@ def main(argv=None):
             model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
     except (CheckpointError, ValueError) as e:
         common.fail(e)
+    ddp.barrier()  # every process has checked OUT_DIR before the master writes to it (NCCL starts ranks apart)
 
     # data: prepared once by the master, read by everyone
     try:
@@ -439,6 +440,9 @@ def main(argv=None):
             with open(os.path.join(args.out_dir, "data.json")) as f:
                 meta = json.load(f)
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+    except OSError as e:  # on another node: the master wrote to its own disk
+        common.fail(f"process {ddp.rank} cannot read what the master prepared in {args.out_dir} ({e.strerror}): on "
+                    "several nodes, --out-dir must be on a filesystem they all share")
     except ValueError as e:
         common.fail(e)
     train_data = np.memmap(os.path.join(args.out_dir, "train.bin"), dtype=np.uint16, mode="r")
@@ -454,7 +458,7 @@ def main(argv=None):
             model, ckpt = load_checkpoint(ckpt_path, device, stages=("base",), tokenizer=tok.fingerprint)
             start_step = ckpt["step"]
         elif args.init:
-            model, _ = load_checkpoint(args.init, device, tokenizer=tok.fingerprint)
+            model, _ = load_checkpoint(args.init, device, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
             for k in SHAPE:  # recorded as trained (not the preset's), so --resume can compare typed values with it
                 setattr(args, k, getattr(model.args, k))
         else:
@@ -478,7 +482,7 @@ def main(argv=None):
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     batch_gen = torch.Generator().manual_seed(args.seed)  # all processes draw the same global batch
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         batch_gen.set_state(ckpt["batch_rng"].cpu())  # (load_checkpoint moved it to the device: a CPU generator)
     train_model = torch.compile(model) if args.compile else model
     if ddp.enabled:

@@ -146,6 +146,19 @@ def test_weight_decay_only_on_matrices():
     assert any(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
 
 
+def test_a_resumed_optimizer_keeps_this_devices_implementation():
+    m = tiny()
+    saved = model.configure_optimizer(m, 1e-3, 0.1, (0.9, 0.95), "cpu")  # a CPU run: fused=False
+    m(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    saved.step()
+    built = torch.optim.AdamW(saved.param_groups[0]["params"], lr=1e-3, fused=True)  # as on a GPU
+    built.add_param_group({"params": saved.param_groups[1]["params"]})
+    model.load_optimizer_state(built, saved.state_dict())
+    assert all(g["fused"] is True for g in built.param_groups)  # load_state_dict alone brings back False
+    p = saved.param_groups[0]["params"][0]
+    assert torch.equal(built.state[p]["exp_avg"], saved.state[p]["exp_avg"])
+
+
 def test_a_chunk_at_a_later_position_without_a_cache_is_causal():
     m = tiny().eval()
     x = torch.randint(0, 64, (1, 8))

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import common
+import model as model_lib
 import train
+from model import ModelArgs, Transformer
 from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -368,6 +370,12 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatc
 def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_path, capsys):
     run(tmp_path / "w", "--max-steps", "2")
     start = tmp_path / "w" / "base.pt"
+    net = torch.load(start, weights_only=True)
+    model_lib.save_checkpoint(str(tmp_path / "w" / "rm.pt"), Transformer(ModelArgs(**{**net["model_args"],
+                              "reward_head": True})), "rm")
+    with pytest.raises(SystemExit) as e:  # a reward head DDP would find unused, carried into base.pt and SFT
+        train.main(["--out-dir", str(tmp_path / "w"), "--init", str(tmp_path / "w" / "rm.pt")])
+    assert "is a 'rm' checkpoint; expected base or sft or rlhf" in str(e.value.code)
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path / "w"), "--init", str(start), "--vocab-size", "500"])
     assert e.value.code == 2 and "leave out --vocab-size" in capsys.readouterr().err
