@@ -291,7 +291,8 @@ def apply_rotary_emb(x, freqs_cis):
     # apply_rotary_emb: rotate consecutive pairs (x0, x1) by their position's angles: x0 * cos - x1 * sin,
     # x0 * sin + x1 * cos. Seen as the complex number x0 + i x1 (Meta's formulation) that is one multiplication
     # by cos + i sin. x (T, n, hs) float32, freqs_cis (T, hs/2) complex64
-    return (x.view(np.complex64) * freqs_cis[:, None, :]).view(np.float32)  # (T, n, hs)
+    # (contiguous first: x is a column slice of the qkv matmul, and NumPy before 1.23 views only contiguous arrays)
+    return (np.ascontiguousarray(x).view(np.complex64) * freqs_cis[:, None, :]).view(np.float32)  # (T, n, hs)
 
 
 def softmax(x):
