@@ -77,7 +77,8 @@ def blob_player(path, temperature, max_new_tokens, seed):
             if base:
                 ids, stop = [tok.bos_id] + tok.encode(world_lib.qa_framed(q)), tok.eos_id
             else:
-                ids, stop = runtime.render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True), tok.end_id
+                ids = runtime.render_chat(tok, [{"role": "user", "content": q}], add_generation_prompt=True)
+                stop = tok.end_id
             new = list(runtime.generate(model, ids, 0, max_new_tokens,
                                         lambda logits: runtime.sample_next(logits, temperature, 0, 1.0, rng),
                                         stop_id=stop))

@@ -782,13 +782,15 @@ def main(argv=None):
         if todo > 0:
             rng = random.Random(f"label-{args.seed}-{len(records)}")  # new pairs after each saved session
             items = rng.sample(train_items, len(train_items))
-            pairs = terminal_pairs(sft, tok, items, args.max_new_tokens, sampling_generator(sft, args.seed + len(records)))
+            gen = sampling_generator(sft, args.seed + len(records))
+            pairs = terminal_pairs(sft, tok, items, args.max_new_tokens, gen)
             log(f"labelling: {len(records)} comparisons saved so far, {todo} to go (one pair per prompt, at most "
                 f"{len(items)} in a session). Which answer is better?")
             saved, quit_ = label_at_terminal(pairs, cmp_path, todo)
             if quit_ or not len(records) + saved:
                 log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `python rlhf.py --label` again "
-                    f"to continue" + (f", or train on them now with --comparisons {cmp_path}" if saved + len(records) else ""))
+                    "to continue" + (f", or train on them now with --comparisons {cmp_path}" if len(records) + saved
+                                     else ""))
                 return
         if not os.path.exists(cmp_path):  # (a resumed run whose comparisons were moved away)
             common.fail(f"no comparisons at {cmp_path}: label some with --label (without --resume)")
@@ -800,8 +802,9 @@ def main(argv=None):
     rm_key = {"sft": sft_sha, "source": source, "rm_epochs": args.rm_epochs, "rm_lr": args.rm_lr,
               "rm_likelihood": args.rm_likelihood, "rm_batch_size": args.rm_batch_size, "rm_heldout": args.rm_heldout}
     if ckpt is not None and ckpt.get("rm_key", rm_key) != rm_key:  # the curve so far was made against that RM
+        changed = ", ".join(k for k in rm_key if ckpt["rm_key"].get(k) != rm_key[k])
         common.fail(f"cannot resume: the comparisons or reward-model settings changed since this run started "
-                    f"({', '.join(k for k in rm_key if ckpt['rm_key'].get(k) != rm_key[k])}); start over without --resume")
+                    f"({changed}); start over without --resume")
     rm, rm_path = None, rm_paths[-1]  # where a new RM is saved
     for path in [] if args.retrain_rm else [p for p in rm_paths if os.path.exists(p)]:
         try:
