@@ -257,7 +257,13 @@ class Tokenizer:
         return self.pieces[i].replace("\u2581", " ").encode()
 
     def decode(self, ids):
-        return b"".join(self.piece_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        return replace_bad_bytes(b"".join(self.piece_bytes(i) for i in ids).decode("utf-8", "surrogateescape"))
+
+
+def replace_bad_bytes(text):
+    """Text decoded with errors="surrogateescape", each byte that was not UTF-8 now one U+FFFD, as sentencepiece
+    writes them (errors="replace" writes one U+FFFD for a whole broken sequence)."""
+    return re.sub("[\udc80-\udcff]", "\ufffd", text)
 
 
 def render_chat(tok, messages, add_generation_prompt=False):
@@ -439,11 +445,11 @@ class Printer:
     `skip` (an answer's content prefix) is left out if the text starts with it."""
 
     def __init__(self, tok, skip=""):
-        self.tok, self.utf8 = tok, codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.tok, self.utf8 = tok, codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self.skip, self.head = skip, ""  # head: the text held back while it may still be the prefix
 
     def write(self, ids, final=False):
-        text = self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final)
+        text = replace_bad_bytes(self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final))
         if self.skip:  # hold text back until it is known whether it starts with the prefix
             self.head += text
             if len(self.head) < len(self.skip) and self.skip.startswith(self.head) and not final:

@@ -169,6 +169,10 @@ def test_encoder_and_decoder_on_tricky_strings(tok, rtok):
         assert rtok.encode(s) == ids, repr(s)
         assert rtok.decode(ids) == tok.decode(ids), repr(s)
     assert rtok.encode("<|end|>") == tok.encode("<|end|>") != [tok.end_id] and rtok.encode("") == []
+    byte = {p: i for i, (p, _, k) in enumerate(tok.pieces()) if k == tokenizer.BYTE}
+    for broken in (b"\xe6\xac", b"a\xe6\xacb\xff", b"\xc3", b"\xf0\x9f\x98", b"\xed\xa0\x80"):  # not UTF-8
+        ids = [byte[f"<0x{b:02X}>"] for b in broken]
+        assert rtok.decode(ids) == tok.decode(ids), broken  # one U+FFFD per byte, as sentencepiece writes
 
 
 def test_chat_rendering_equals_render_chat(tok, rtok, tiny_world):
