@@ -477,6 +477,9 @@ def main(argv=None):
         changed = [f"--{k.replace('_', '-')} {v}" for k in SHAPE if (v := getattr(args, k)) != getattr(model.args, k)]
         if changed:
             common.fail(f"--resume continues the model of {ckpt_path}: {', '.join(changed)} cannot change its shape")
+        if args.preset != ckpt["args"].get("preset", args.preset):  # typed: its values all come from the run
+            common.fail(f"--resume continues the run of {ckpt_path}: --preset {args.preset} would change nothing "
+                        "(give the flags to change, e.g. --max-steps)")
     if args.seq_len > model.args.max_seq_len:
         common.fail(f"--seq-len {args.seq_len} is longer than the checkpoint's context ({model.args.max_seq_len})")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])

@@ -414,6 +414,9 @@ def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3", "--dim", "64"])
     assert "--dim 64 cannot change its shape" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # was accepted, and recorded, while every value came from the run
+        train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3", "--preset", "stories260k"])
+    assert "--preset stories260k would change nothing" in str(e.value.code)
 
 
 def test_init_takes_a_typed_dropout_and_otherwise_keeps_the_checkpoints(tmp_path):
