@@ -188,6 +188,17 @@ def terminal_pairs(model, tok, items, max_new_tokens, generator, chunk=8):
                 yield it["question"], a, b, ea, eb
 
 
+def append_lines(path):
+    """path opened to append lines to, after a newline if it lacks its last one (a file edited by hand)."""
+    f = open(path, "a", encoding="utf-8")
+    if f.tell():
+        with open(path, "rb") as g:
+            g.seek(-1, os.SEEK_END)
+            if g.read(1) != b"\n":
+                f.write("\n")
+    return f
+
+
 def label_at_terminal(pairs, path, goal, ask=input, show=print):
     """A person compares answers until `goal` are saved: for each (prompt, a, b, ended_a, ended_b) shows both
     and asks 1 / 2 / t (tie) / s (skip) / q (quit). Every answer is appended to `path` at once, so quitting (or
@@ -212,7 +223,7 @@ def label_at_terminal(pairs, path, goal, ask=input, show=print):
             if choice in ("s", "skip"):
                 continue
             (c, ec), (r, er) = ((a, ea), (b, eb)) if choice != "2" else ((b, eb), (a, ea))
-            f = f or open(path, "a", encoding="utf-8")
+            f = f or append_lines(path)
             f.write(json.dumps({"prompt": prompt, "chosen": c, "rejected": r, "chosen_ended": ec,
                                 "rejected_ended": er, "tie": choice in ("t", "tie"), "labeler": "human"}) + "\n")
             f.flush()
@@ -953,14 +964,18 @@ def main(argv=None):
         try:
             with open(curve_path) as f:
                 rows = [r for r in map(json.loads, f) if r["step"] <= step]
-            kept_step = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["step"]
+            kept_ckpt = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+            kept_step = kept_ckpt["step"]
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             common.fail(f"cannot resume: {curve_path} or {best_path} is missing or damaged ({type(e).__name__}); "
                         "start over without --resume")
         if [r["step"] for r in rows] != list(range(1, step + 1)):
             common.fail(f"cannot resume: {curve_path} does not hold the curve of steps 1-{step}; start over "
                         "without --resume")
-        if kept_step != best["step"] and kept_step <= step:  # ahead of rlhf_last.pt: this run makes it again
+        # rlhf.pt ahead of rlhf_last.pt: the stopped run saved it and was killed before rlhf_last.pt; the resumed
+        # run makes the same step again, if it is the same run (the same flags) and goes that far
+        ahead = step < kept_step <= args.steps and kept_ckpt.get("args") == ckpt["args"]
+        if kept_step != best["step"] and not ahead:
             common.fail(f"cannot resume: {best_path} holds step {kept_step}, not step {best['step']}, the policy this "
                         "run kept (another run saved over it); start over without --resume")
         log(f"resuming at step {step} (best spot check so far {best['spot']:.1%} at step {best['step']})")
@@ -1053,9 +1068,12 @@ def main(argv=None):
     log("exam: gold win-rate against SFT on held-out prompts, KL, QA before and after ...", flush=True)
     last_stats = {k: rows[-1][k] for k in ("proxy", "gold", "kl")}
     try:
-        kept, _ = load_checkpoint(best_path, device, stages=("rlhf",))
+        kept, kept_ckpt = load_checkpoint(best_path, device, stages=("rlhf",))
     except CheckpointError as e:
         common.fail(e)
+    if kept_ckpt["step"] != best["step"]:  # (what the resume checks cannot see: never an exam of another policy)
+        common.fail(f"{best_path} holds step {kept_ckpt['step']}, not step {best['step']}, the policy this run kept; "
+                    f"{last_path} has the run's latest step")
     kept.eval()
     gen = sampling_generator(kept, args.seed + 2)
     questions = [it["question"] for it in eval_items]

@@ -54,10 +54,10 @@ def data_files(path, out_dir=None):
     those in out_dir when it lies inside the directory (a run's own report.json and data.json are not data)."""
     if not os.path.isdir(path):
         return [path]
-    out = os.path.join(os.path.abspath(out_dir), "") if out_dir else None
+    out = os.path.join(os.path.realpath(out_dir), "") if out_dir else None
     return sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
                   if os.path.isfile(f) and f.endswith((".txt", ".json", ".jsonl"))
-                  and not (out and os.path.abspath(f).startswith(out)))
+                  and not (out and os.path.realpath(f).startswith(out)))
 
 
 def data_files_stamp(path, out_dir=None):
@@ -404,7 +404,7 @@ def main(argv=None):
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
     try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
-        if args.data and os.path.abspath(args.data) == os.path.abspath(args.out_dir):
+        if args.data and os.path.realpath(args.data) == os.path.realpath(args.out_dir):
             raise ValueError("--out-dir is the --data directory: the run's own files (data.json, report.json, ...) "
                              "would be read back as text; give a subdirectory or another directory")
         if args.resume:  # (without it, the flags fell back to the defaults and the data check spoke first)

@@ -282,6 +282,10 @@ def test_terminal_labeling_saves_exactly_what_was_chosen(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("1\n1\n1\n"))
     assert rlhf.label_at_terminal(pairs, str(path), 2, show=lambda *a: None) == (2, False)  # stops at its goal
     assert len(open(path).readlines()) == 5
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # edited by hand, saved without its last newline
+    monkeypatch.setattr("sys.stdin", io.StringIO("2\n"))
+    rlhf.label_at_terminal(pairs, str(path), 1, show=lambda *a: None)
+    assert len(rlhf.read_comparisons(str(path))) == 6  # not glued onto the last line
 
 
 def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys):
@@ -540,7 +544,7 @@ def test_a_resumed_rl_run_equals_an_uninterrupted_one(out_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_resume_refuses_other_comparisons_a_gap_in_the_curve_or_a_kept_policy_saved_over(out_dir, capsys):
+def test_a_resume_refuses_other_comparisons_a_gap_in_the_curve_or_a_kept_policy_saved_over(out_dir, capsys, monkeypatch):
     run = job_pairs(out_dir) + ["--steps", "4", "--eval-interval", "2", "--lr", "1e-2"]
     rlhf.main(run)
     saved = {n: (out_dir / n).read_bytes() for n in ("rm.pt", "comparisons.jsonl", "rlhf.pt", "rl_curve.jsonl")}
@@ -566,8 +570,25 @@ def test_a_resume_refuses_other_comparisons_a_gap_in_the_curve_or_a_kept_policy_
     save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=1)  # another run's, saved over it
     saved["rlhf.pt"] = (out_dir / "rlhf.pt").read_bytes()
     refused(f"rlhf.pt holds step 1, not step {best}")
-    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=6)  # ahead of rlhf_last.pt: the stopped
-    rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "5"])  # run saved it and was killed before that
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=6)  # another run's, ahead of this one
+    saved["rlhf.pt"] = (out_dir / "rlhf.pt").read_bytes()
+    refused(f"rlhf.pt holds step 6, not step {best}")
+    # ahead of rlhf_last.pt with the run's own flags: the stopped run saved it and was killed before rlhf_last.pt;
+    # accepted if the resumed run goes that far (it makes the step again), and never examined if it does not keep it
+    run_args = torch.load(out_dir / "rlhf_last.pt", weights_only=True)["args"]
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=8, args=run_args)
+    saved["rlhf.pt"] = (out_dir / "rlhf.pt").read_bytes()
+    refused(f"rlhf.pt holds step 8, not step {best}")  # --steps 6: it would never come again
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=6, args=run_args)
+    again = out_dir.parent / f"{out_dir.name}_again"
+    shutil.copytree(out_dir, again)
+    monkeypatch.setattr(rlhf, "spot_check", lambda *a: 0.0)  # step 6 is not kept this time: its rlhf.pt stays
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "6"])
+    assert f"rlhf.pt holds step 6, not step {best}, the policy this run kept" in str(e.value.code)
+    monkeypatch.setattr(rlhf, "spot_check", lambda *a: 1.0)  # kept again, as it was when the run was killed
+    rlhf.main(["--out-dir", str(again), "--resume", "--steps", "6"])
+    assert torch.load(again / "rlhf.pt", weights_only=True)["step"] == 6
     with pytest.raises(SystemExit) as e:
         rlhf.main(["--out-dir", str(out_dir), "--resume", "--retrain-rm"])
     assert e.value.code == 2 and "--retrain-rm starts a new reward model" in capsys.readouterr().err

@@ -481,11 +481,14 @@ def test_an_out_dir_inside_the_data_directory_is_not_read_as_data(tmp_path, monk
              "--dim", "32", "--n-layers", "1", "--n-heads", "4", "--n-kv-heads", "4", "--exam-items", "0"]
     train.main(flags)
     assert train.read_documents(".", "out")[0] == "Tom0 found a ball."
+    os.symlink(tmp_path / "out", tmp_path / "link")  # the same directory by another name
+    assert train.read_documents(".", "link") == train.read_documents(".", "out")
     train.main(flags + ["--resume", "--max-steps", "3"])  # read its own report.json as text before
     assert torch.load(tmp_path / "out" / "base.pt", weights_only=True)["step"] == 3
-    with pytest.raises(SystemExit) as e:
-        train.main(["--data", ".", "--out-dir", "."])
-    assert "--out-dir is the --data directory" in str(e.value.code)
+    for data in (".", "link/.."):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--data", data, "--out-dir", "."])
+        assert "--out-dir is the --data directory" in str(e.value.code)
 
 
 def test_new_data_flags_name_the_checkpoints_the_new_tokenizer_orphans(tmp_path, capsys):
