@@ -667,8 +667,8 @@ def get_args(argv=None):
     p.add_argument("--comparisons", default=None, help="JSONL of {\"prompt\", \"chosen\", \"rejected\"} to train "
                    "the RM on (default: the simulated labeler)")
     p.add_argument("--label", action="store_true", help="you are the labeler: compare answers at the terminal, "
-                   "appended to OUT_DIR/comparisons.jsonl as you go (simulated ones there are removed); q quits, "
-                   "a later --label run continues")
+                   "appended to OUT_DIR/comparisons.jsonl as you go (the simulated labeler's rows there, and copies "
+                   "of a --comparisons file, are removed); q quits, a later --label run continues")
     p.add_argument("--n-comparisons", type=int, default=8000, help="labelling budget (simulated or --label)")
     p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt to compare")
     p.add_argument("--retrain-rm", action="store_true", help="collect comparisons and train the RM even if "
