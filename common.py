@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 import world as world_lib
-from model import generate_many
+from model import generate_many, peek_checkpoint
 from tokenizer import render_chat
 
 STAGE_ORDER = ["pretrain", "sft", "rm", "rlhf", "runtime", "arena"]
@@ -303,8 +303,7 @@ def resumed_args(parser, argv, args, ckpt_path, run_control):
     given on this command line and the run-control flags (device, threads, ...) that may differ between runs.
     Without this, `--resume` alone fell back to the defaults: another shape, batch size or schedule."""
     try:
-        # mmap: the weights stay on disk (main() loads them once, later); only the small args dict is read
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+        saved = peek_checkpoint(ckpt_path).get("args") or {}  # main() loads the weights once, later
     except Exception:  # no or no readable checkpoint: load_checkpoint reports it in a moment
         return args
     dests = {opt: action.dest for action in parser._actions for opt in action.option_strings}

@@ -391,6 +391,12 @@ def require_checkpoint(path):
         raise CheckpointError(f"no checkpoint at {path}")
 
 
+def peek_checkpoint(path):
+    """A checkpoint's dict with its tensors left on disk (mmap): its step, args or model_args, read before (or
+    instead of) loading its model. Raises what torch.load raises (OSError, RuntimeError, ...)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     """Read a checkpoint (weights_only: no code from the file runs) and rebuild its model from model_args.
     stages: the stage names acceptable to the caller; tokenizer: the fingerprint of the tokenizer the caller

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, load_checkpoint,
-                   load_optimizer_state, mean_logprob, save_checkpoint, token_logprobs)
+                   load_optimizer_state, mean_logprob, peek_checkpoint, save_checkpoint, token_logprobs)
 from tokenizer import Tokenizer, encode_content, render_chat
 
 
@@ -134,6 +134,10 @@ def file_sha(path):
 
 # ----------------------------------------------------------------------------------------------------------
 # 1. comparisons
+
+# the labelers of rows a run can make again: the simulated labeler's, and rlhf.py's copies of a --comparisons file
+REMADE = ("simulated", "file")
+
 
 def sample_answers(model, tok, items, k, max_new_tokens, generator):
     """k answers per item at temperature 1, as [(ids, text, ended)] grouped by item (k consecutive rows)."""
@@ -780,9 +784,9 @@ def main(argv=None):
                 records = read_comparisons(cmp_path)
             except ValueError as e:
                 common.fail(f"{e} (move the file away to start over)")
-        made = sum(r.get("labeler") in ("simulated", "file") for r in records)  # rows a run can make again
+        made = sum(r.get("labeler") in REMADE for r in records)
         if made and not args.resume:
-            records = [r for r in records if r.get("labeler") not in ("simulated", "file")]
+            records = [r for r in records if r.get("labeler") not in REMADE]
             if records:
                 write_comparisons(cmp_path, records)
             else:
@@ -828,12 +832,12 @@ def main(argv=None):
             break
     if rm is None:
         t_rm = common.Timer()
-        # OUT_DIR/comparisons.jsonl is overwritten only when every row in it can be made again: the simulated
-        # labeler's, or a copy this script made of a --comparisons file. A person's, or a file put there, is kept.
+        # OUT_DIR/comparisons.jsonl is overwritten only when every row in it can be made again (REMADE); a
+        # person's, or a file put there, is kept
         their_file = False
         if os.path.exists(cmp_path) and not args.label:
             try:
-                their_file = any(r.get("labeler") not in ("simulated", "file") for r in read_comparisons(cmp_path))
+                their_file = any(r.get("labeler") not in REMADE for r in read_comparisons(cmp_path))
             except ValueError:  # a file with a typo is still someone's (an empty one is nobody's)
                 their_file = os.path.getsize(cmp_path) > 0
         if args.label:
@@ -964,7 +968,7 @@ def main(argv=None):
         try:
             with open(curve_path) as f:
                 rows = [r for r in map(json.loads, f) if r["step"] <= step]
-            kept_ckpt = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+            kept_ckpt = peek_checkpoint(best_path)
             kept_step = kept_ckpt["step"]
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             common.fail(f"cannot resume: {curve_path} or {best_path} is missing or damaged ({type(e).__name__}); "

@@ -31,7 +31,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import world as world_lib
 from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
-                   load_checkpoint, load_optimizer_state, lm_loss, require_checkpoint, save_checkpoint)
+                   load_checkpoint, load_optimizer_state, lm_loss, peek_checkpoint, require_checkpoint,
+                   save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
 # Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
@@ -329,7 +330,7 @@ def get_args(argv=None):
         p.error(f"--init trains the checkpoint's own shape: leave out {', '.join(typed_shape)}")
     if args.init and args.vocab_size is not None:  # typed: but the run keeps the checkpoint's tokenizer
         try:
-            vocab = torch.load(args.init, map_location="cpu", weights_only=True, mmap=True)["model_args"]["vocab_size"]
+            vocab = peek_checkpoint(args.init)["model_args"]["vocab_size"]
         except Exception:  # no readable checkpoint: main() says so
             vocab = args.vocab_size
         if vocab != args.vocab_size:
