@@ -73,7 +73,7 @@ def add_system_args(p, dtype=True):
         # the loops do not do; bfloat16 has float32's exponent range and needs none
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                        help="autocast precision on CUDA (auto: bfloat16 on a GPU that has it in hardware, Ampere "
-                            "on, else float32; CPU and MPS always train in float32)")
+                            "on, else float32, its matmuls in TF32; CPU and MPS always train in float32)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -119,11 +119,18 @@ def start(args):
     if dtype == "bfloat16" and not device.startswith("cuda"):
         print(f"note: --dtype bfloat16 autocasts on CUDA only; on {device} this run trains in float32", file=sys.stderr)
     if dtype == "auto":  # bf16 where the GPU has it in hardware (Ampere on); older ones emulate it, slower than fp32
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False) \
-            else "float32"
+        dtype = "bfloat16" if device.startswith("cuda") and bf16_in_hardware(device) else "float32"
     elif not device.startswith("cuda"):
         dtype = "float32"
+    if device.startswith("cuda"):  # float32 matmuls in TF32 on Ampere on (what nanoGPT does): 10-bit mantissa
+        torch.set_float32_matmul_precision("high")  # products, fp32 sums, several times faster than full fp32
     return device, dtype
+
+
+def bf16_in_hardware(device):
+    """Whether this CUDA device (cuda:1 is not always like cuda:0) computes bfloat16 itself (Ampere on)."""
+    with torch.cuda.device(device):  # torch.cuda.is_bf16_supported asks about the current device
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def autocast(device, dtype):
@@ -277,15 +284,17 @@ def stop_if_diverged(loss, model, step, path, ddp=None):
     can still overflow them), stop the run before they reach `path`, the run's checkpoint, or the next batch's
     sampling: one line naming the step (under torchrun every rank stops, at the same step). The weights are
     checked through their sum, which a nan or inf anywhere makes non-finite: 30x cheaper than isfinite().all()
-    (1 ms against 30 ms a step for the 15M shape on this CPU)."""
-    weights = torch.stack([p.detach().sum() for p in model.parameters()]).sum().item()
+    (1 ms against 30 ms a step for the 15M shape on this CPU). loss: a float or a 0-d tensor; returns it as a float."""
+    weights = torch.stack([p.detach().sum() for p in model.parameters()]).sum()
+    # one read of both numbers: on a GPU each .item() waits for the queued work, so the loop waits once a step
+    loss, weights = torch.stack([torch.as_tensor(loss, dtype=torch.float32, device=weights.device), weights]).tolist()
     diverged = not (math.isfinite(loss) and math.isfinite(weights))
     if ddp is not None:
         if not ddp.any(diverged):
-            return
+            return loss
         ddp.close(interrupted=True)
     elif not diverged:
-        return
+        return loss
     fail(f"the loss is nan or inf at step {step}: training diverged (try a lower learning rate); nothing of it is "
          f"saved{f' ({path} is as it was)' if path and os.path.exists(path) else ''}")
 

@@ -300,7 +300,7 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            common.stop_if_diverged(loss.item(), model, step + 1, ckpt_path, ddp)
+            common.stop_if_diverged(loss.detach(), model, step + 1, ckpt_path, ddp)
             step += 1
             if step % args.log_interval == 0 or step == max_steps:
                 dt, logged = t_last() / (step - logged), step

@@ -516,7 +516,7 @@ def main(argv=None):
             x, y = common.get_batch(train_data, args.batch_size * args.grad_accum, args.seq_len, batch_gen)
             if model.args.dropout:
                 common.seed_dropout(args.seed, step, ddp.rank, ddp.world_size)
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no wait for the GPU per micro-batch
             for k in range(micro_per_rank):
                 rows = slice((k * ddp.world_size + ddp.rank) * args.batch_size,
                              (k * ddp.world_size + ddp.rank + 1) * args.batch_size)
@@ -525,12 +525,12 @@ def main(argv=None):
                 with ctx:
                     loss = lm_loss(train_model(x[rows].to(device)), y[rows].to(device)) / micro_per_rank
                 loss.backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            common.stop_if_diverged(loss_sum, model, step + 1, ckpt_path, ddp)
+            loss_sum = common.stop_if_diverged(loss_sum, model, step + 1, ckpt_path, ddp)
             step += 1
             if step % args.log_interval == 0 or step == args.max_steps or step == start_step + 1:
                 loss_avg = ddp.mean(loss_sum)

@@ -1,6 +1,7 @@
 """train.py on a tiny world: the loss falls, a stopped run resumes bit-exactly, two gloo processes equal
 one process, bad input is one clear line and never destroys a checkpoint."""
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -304,6 +305,22 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, devic
     assert str(e.value.code).startswith(f"error: --device {device}") and not os.listdir(tmp_path)
 
 
+def test_bf16_is_asked_of_the_chosen_gpu_not_the_current_one(monkeypatch):
+    """--device cuda:1 on a machine whose cuda:0 is older: torch.cuda.is_bf16_supported answers for the
+    current device, so the question must be asked with cuda:1 made current (no GPU here: torch.cuda faked)."""
+    current = ["cuda:0"]
+
+    @contextlib.contextmanager
+    def on(device):
+        current.append(device)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", on)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: current[-1] == "cuda:1")
+    assert common.bf16_in_hardware("cuda:1") and not common.bf16_in_hardware("cuda:0") and current == ["cuda:0"]
+
+
 def test_resume_alone_continues_with_the_stopped_runs_flags(tmp_path, capsys):
     run(tmp_path, "--max-steps", "2", "--eval-interval", "2", "--exam-items", "0", "--batch-size", "3")
     train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "3"])  # no shape, no data flags
@@ -361,10 +378,16 @@ def test_torchrun_on_mps_is_one_line_before_the_process_group(monkeypatch):
 
 def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatch):
     monkeypatch.setattr(common, "pick_device", lambda name: "cuda")
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    precision = []  # float32 matmuls in TF32 on a GPU (recorded: the setting is the whole process's)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", precision.append)
     args = argparse.Namespace(threads=0, device="cuda", dtype="auto")
     for native, want in ((True, "bfloat16"), (False, "float32")):  # a T4 or V100 emulates bf16: slower than fp32
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
         assert common.start(args) == ("cuda", want)
+    assert precision == ["high", "high"]
+    monkeypatch.setattr(common, "pick_device", lambda name: "cpu")
+    assert common.start(args) == ("cpu", "float32") and len(precision) == 2
 
 
 def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_path, capsys):
