@@ -73,7 +73,7 @@ def add_system_args(p, dtype=True):
         # the loops do not do; bfloat16 has float32's exponent range and needs none
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                        help="autocast precision on CUDA (auto: bfloat16 on a GPU that has it in hardware, Ampere "
-                            "on, else float32, its matmuls in TF32; CPU and MPS always train in float32)")
+                            "on, else float32; float32 matmuls run in TF32 there). CPU and MPS train in float32")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -346,8 +346,10 @@ def read_jsonl_lines(path, missing):
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
     line and exit status 130, not a traceback. Every file the scripts write themselves goes through atomic_open or
-    a temp file and a rename, so what exists on disk is whole (sentencepiece writes tok.model itself; data.json,
-    written last, vouches for it). A reader that stops reading (`| head`) ends the script quietly."""
+    a temp file and a rename, so what exists on disk is whole, except: tok.model (written by sentencepiece, or
+    copied from beside an --init checkpoint; data.json, written last, vouches for it) and --label's comparisons
+    (appended a line at a time, so a stopped session keeps every answer given). A reader that stops reading
+    (`| head`) ends the script quietly."""
     try:
         main()
     except KeyboardInterrupt:

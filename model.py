@@ -7,8 +7,8 @@ this model and export.py writes its weights; run.py mirrors it line by line in N
                     -> norm -> output (tied to the embedding by default)
 
 Also here: sampling with a KV cache (`generate`, used for rollouts and samples), the losses (target -1
-means "no loss" everywhere), AdamW parameter groups, and the checkpoint reader/writer (common.resumed_args
-reads a checkpoint's args only).
+means "no loss" everywhere), AdamW parameter groups, and the checkpoint reader/writer (`load_checkpoint`;
+`peek_checkpoint` reads a checkpoint's step and args without building its model).
 
     python -c "import model; m = model.Transformer(model.ModelArgs()); print(m.num_params())"
 """

@@ -1,7 +1,7 @@
 """
-Stage 3, RLHF: comparisons -> a reward model -> policy optimisation against it (seeds 000, 001, 003, 004).
+Stage 3, RLHF: comparisons -> a reward model -> policy optimisation against it (seeds 000-004).
 
-It is easier to compare two answers than to write a good one (seed 000). So we sample several answers per
+It is easier to compare two answers than to write a good one (seeds 002, 003). So we sample several answers per
 prompt from the SFT model, have them compared, train a reward model (RM) to imitate the comparisons, and then
 let the policy maximise the RM's score, on a leash (a KL penalty) to the SFT model it started from. The RM
 is only a model of the labeler: optimise it too hard and the policy finds answers it scores high that the
@@ -12,7 +12,8 @@ optimised.
 1. Comparisons, from one of: the simulated labeler (default; world.label, Bradley-Terry noise), a person at
    the terminal (--label; 1/2/t(ie)/s(kip)/q(uit), saved as you go), or a JSONL file (--comparisons FILE,
    one {"prompt", "chosen", "rejected"} per line, optional "tie", "chosen_ended", "rejected_ended").
-   Written to OUT_DIR/comparisons.jsonl, unless a file there holds comparisons no run can make again.
+   Written to OUT_DIR/comparisons.jsonl (comparisons_TAG.jsonl for a --tag run with its own RM); a run that
+   would write over comparisons no run can make again (a person's, a file put there) refuses instead.
 2. Reward model: the SFT transformer with a scalar head read at the last token, plus --rm-likelihood times the
    mean log-probability its own LM head gives the answer (model.Transformer.score), trained with the
    Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), a prompt's answers scored once for all its pairs
@@ -47,11 +48,12 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - --ppo-epochs 1 (the default) is plain on-policy REINFORCE: the ratio is 1 and clipping never acts. With more
   epochs, PPO's clipped ratio per token, on the same advantages; no minibatches, no value loss, no entropy bonus.
 - A fixed KL coefficient (no adaptive KL controller), and no pretraining-gradient mix (InstructGPT's PPO-ptx).
-- The RM is initialised from the SFT model (InstructGPT used a separate 6B RM), and its score adds the answer's
-  mean log-probability under its own LM head (InstructGPT's RM is the head alone: --rm-likelihood 0). Each
-  pair of a prompt's K answers is labelled on its own (InstructGPT's labelers rank all K at once); as there,
-  all of a prompt's pairs are one batch element. RM scores are normalised to mean 0 / std 1 on the answers of
-  the comparisons, SFT samples by default (InstructGPT: mean 0 on demonstrations).
+- The RM is initialised from the policy's own SFT model (InstructGPT's from a 6B SFT model whatever the
+  policy's size), and its score adds the answer's mean log-probability under its own LM head (InstructGPT's RM
+  is the head alone: --rm-likelihood 0). Each pair of a prompt's K answers is labelled on its own
+  (InstructGPT's labelers rank all K at once); as there, all of a prompt's pairs are one batch element. RM
+  scores are normalised to mean 0 / std 1 on the answers of the comparisons, SFT samples by default
+  (InstructGPT: mean 0 on demonstrations).
 - The prompts of one step share their token length (model.generate has no attention mask for left padding),
   the length drawn in proportion to how many prompts have it; over many steps every prompt of a length shared
   by at least --prompts-per-step prompts is equally likely (10 of the world's 2,400 are never drawn).
@@ -832,10 +834,12 @@ def main(argv=None):
             break
     if rm is None:
         t_rm = common.Timer()
+        # a tagged run's own RM gets its own file, so comparisons.jsonl stays the one rm.pt was trained on
+        cmp_out = cmp_path if rm_path == rm_paths[0] else os.path.join(args.out_dir, f"comparisons{suffix}.jsonl")
         # OUT_DIR/comparisons.jsonl is overwritten only when every row in it can be made again (REMADE); a
         # person's, or a file put there, is kept
         their_file = False
-        if os.path.exists(cmp_path) and not args.label:
+        if os.path.exists(cmp_path) and cmp_out == cmp_path and not args.label:
             try:
                 their_file = any(r.get("labeler") not in REMADE for r in read_comparisons(cmp_path))
             except ValueError:  # a file with a typo is still someone's (an empty one is nobody's)
@@ -871,10 +875,8 @@ def main(argv=None):
             common.fail(f"{len(records)} comparisons of {len({r['prompt'] for r in records})} prompts are too few to "
                         f"train and test a reward model ({len(train_pairs)} train, {len(val_pairs)} held-out: "
                         f"--rm-heldout splits by prompt)")
-        # a tagged run's own RM gets its own file, so comparisons.jsonl stays the one rm.pt was trained on
-        cmp_out = cmp_path if rm_path == rm_paths[0] else os.path.join(args.out_dir, f"comparisons{suffix}.jsonl")
         if not args.label and os.path.abspath(args.comparisons or "") != os.path.abspath(cmp_out):
-            if their_file and cmp_out == cmp_path:
+            if their_file:
                 common.fail(f"{cmp_path} holds comparisons the simulated labeler did not make: move it away to "
                             f"train on {args.comparisons}")
             write_comparisons(cmp_out, records)  # after every check: a failed run leaves the old file as it was
@@ -885,7 +887,8 @@ def main(argv=None):
         try:
             rm_steps = train_reward_model(rm, train_pairs, args, log)
         except KeyboardInterrupt:
-            log(f"\nstopped while training the reward model: {rm_path} not written ({cmp_path} is kept)")
+            log(f"\nstopped while training the reward model: {rm_path} not written "
+                f"({cmp_path if args.label else args.comparisons or cmp_out} is kept)")
             sys.exit(130)
         rc, rr = pair_scores(rm, val_pairs)
         accuracy = pairwise_accuracy(rc, rr)

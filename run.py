@@ -542,7 +542,8 @@ def chat(model, tok, args, sample, stats):
 
 
 class Stats:
-    """Tokens/s of generation, counted from the first new token as run.c does (the prefill is excluded)."""
+    """Tokens/s of generation, counted from the first new token (the prefill is excluded; run.c also skips its
+    first step but counts the prompt's tokens, so the two agree from BOS alone, as --bench runs)."""
 
     def __init__(self):
         self.tokens, self.seconds = 0, 0.0

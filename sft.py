@@ -1,10 +1,11 @@
 """
 Stage 2, instruction finetuning (SFT): from document generator to assistant (seed 002).
 
-"Keep the optimization identical, change the dataset": the same next-token loss as pretraining, on
-conversations instead of documents, counted only on what the assistant says (its content and the <|end|>
-that closes its turn; target -1 elsewhere). This is behaviour cloning (seed 000): the model learns to
-answer in the demonstrators' format, and to stop, while the knowledge comes from pretraining.
+Seed 002: "keep the optimization identical" and change the dataset. The same objective, pretraining's
+next-token loss (the schedule is SFT's own: a few epochs, decay to 0), on conversations instead of documents,
+counted only on what the assistant says (its content and the <|end|> that closes its turn; target -1
+elsewhere). This is behaviour cloning (seed 000): the model learns to answer in the demonstrators' format,
+and to stop, while the knowledge comes from pretraining.
 
 The exam asks questions in phrasings the SFT data never used, about people the SFT data asked about and
 about people only the pretraining documents mentioned (does stage-1 knowledge surface in stage-2 format?),

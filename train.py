@@ -8,7 +8,7 @@ completion ("Anna Ward lives in" -> "Thornbury": knowledge compressed into the w
 with the "Q: ... A:" framing of seed 001, and a few "dreamed" documents. Results go to out/report.md and
 out/report.json.
 
-Reads: --data (or the world)            Writes: out/tok.model, out/train.bin, out/val.bin, out/base.pt
+Reads: --data (or the world)            Writes: out/tok.model, train.bin, val.bin, data.json, base.pt
     python train.py                                        # built-in world, a few minutes on 2 CPU cores
     python train.py --resume                               # continue exactly where a stopped run was
     python train.py --data TinyStories/ --preset stories15m --device cuda --dtype bfloat16 --compile
@@ -282,7 +282,7 @@ def get_args(argv=None):
                    "of {\"text\"} or {\"story\"}, or a directory of them; default: the built-in world")
     p.add_argument("--world-people", type=int, default=100, help="size of the built-in world (people)")
     p.add_argument("--world-seed", type=int, default=1337, help="seed of the built-in world")
-    p.add_argument("--resume", action="store_true", help="continue from out/base.pt (optimizer, step, RNG)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/base.pt (optimizer, step, RNG)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights, with the tok.model beside it "
                    "(a fresh model otherwise)")
     # model (None: the preset's value)

@@ -392,7 +392,7 @@ def _fair_order(items, seed, tag):
 
 def recall_items(world):
     """Completion prompts cut from the canonical sentences, at the start of a bio page as the corpus writes
-    them: "People of the valley: Anna Ward\n\nAnna Ward lives in" -> "Dunmore". "bare_prompt" is the
+    them: "People of the valley: Anna Ward\n\nAnna Ward lives in" -> "Thornbury". "bare_prompt" is the
     sentence alone, with no document around it (harder for a small model: no genre, no page topic)."""
     items = []
     for p in world.people:

@@ -352,6 +352,17 @@ def test_label_mode_removes_copies_of_a_file_and_a_resumed_label_run_does_not_as
     assert [json.loads(line)["step"] for line in open(out_dir / "rl_curve.jsonl")] == [1, 2, 3]
 
 
+def test_a_tagged_run_with_its_own_rm_leaves_a_persons_comparisons_alone(out_dir):
+    """A tagged run whose RM settings differ writes comparisons_TAG.jsonl: OUT_DIR's comparisons.jsonl, a
+    person's, is neither in its way nor touched."""
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b", "labeler": "human"}) + "\n")
+    before = cmp.read_bytes()
+    rlhf.main(["--out-dir", str(out_dir), "--n-comparisons", "60", "--rm-heldout", "0.5", "--rm-lr", "1e-3",
+               "--tag", "x", "--steps", "1", "--eval-interval", "100", *FAST])
+    assert cmp.read_bytes() == before and (out_dir / "comparisons_x.jsonl").exists() and (out_dir / "rm_x.pt").exists()
+
+
 def test_an_unreadable_comparisons_file_is_not_saved_over(out_dir):
     cmp = out_dir / "comparisons.jsonl"
     cmp.write_text(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b"}) + "\n" + '{"prompt": "Q2?", "cho')
