@@ -211,22 +211,28 @@ class GracefulStop:
     and the training loop stops at its next step boundary and saves there. A KeyboardInterrupt raised wherever
     the loop stood could land inside optimizer.step() (half the weights updated) or after a step was counted,
     so the checkpoint did not resume exactly. A second Ctrl-C interrupts at once: the block ends with
-    stop.aborted set, and the caller saves nothing."""
+    stop.aborted set, and the caller saves nothing. SIGTERM, what `kill`, Slurm before a preemption and
+    torchrun (passing on its own SIGTERM) send, is a request too; a second one terminates at once."""
 
     def __enter__(self):
         self.requested = self.aborted = False
-        self.previous = signal.signal(signal.SIGINT, self.request)
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def request(self, signum, frame):
         self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
+        self.give_back(signum)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: one line
-            print("\nCtrl-C: stopping after this step to save it (Ctrl-C again: quit without saving)",
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: stopping after this step to save it ({name} again: quit without saving)",
                   file=sys.stderr, flush=True)
 
+    def give_back(self, *signums):
+        for s in signums or self.previous:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(s, signal.SIG_DFL if self.previous[s] is None else self.previous[s])
+
     def __exit__(self, kind, value, traceback):
-        signal.signal(signal.SIGINT, self.previous)
+        self.give_back()
         self.aborted = kind is KeyboardInterrupt
         return self.aborted  # the KeyboardInterrupt ends here
 

@@ -53,8 +53,10 @@ def test_batches_cover_every_window_and_the_last_token():
     assert x.tolist() == [[0, 1, 2]] * 2 and y.tolist() == [[1, 2, 3]] * 2
 
 
-@pytest.mark.parametrize("at_call", [4, 7])  # Ctrl-C during the val loss after step 3, or while drawing step 5's batch
-def test_resume_after_ctrl_c_is_exact(tmp_path, monkeypatch, at_call):
+# Ctrl-C during the val loss after step 3, or while drawing step 5's batch; SIGTERM (kill, Slurm, torchrun) too
+@pytest.mark.parametrize("at_call, sig", [(4, signal.SIGINT), (7, signal.SIGINT), (7, signal.SIGTERM)],
+                         ids=["sigint-in-eval", "sigint-in-step", "sigterm-in-step"])
+def test_resume_after_ctrl_c_is_exact(tmp_path, monkeypatch, at_call, sig):
     flags = ["--max-steps", "6", "--eval-interval", "3", "--exam-items", "0", "--dropout", "0.1"]  # dropout: RNG too
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     run(full, *flags)
@@ -66,16 +68,16 @@ def test_resume_after_ctrl_c_is_exact(tmp_path, monkeypatch, at_call):
     def interrupted(*a, **k):  # calls 1-3 are steps 1-3, 4-5 the val loss at step 3, 6 is step 4, 7 is step 5
         calls.append(1)
         if len(calls) == at_call:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, as the terminal sends it
+            os.kill(os.getpid(), sig)  # a real Ctrl-C, as the terminal sends it
         return real_get_batch(*a, **k)
 
     monkeypatch.setattr(common, "get_batch", interrupted)
-    handler = signal.getsignal(signal.SIGINT)  # Python's own, or SIG_IGN when pytest runs as a background job
+    handler = signal.getsignal(sig)  # Python's own, or SIG_IGN when pytest runs as a background job
     with pytest.raises(SystemExit) as e:
         run(stopped, *flags)
     assert e.value.code == 130  # the step under way is finished, then saved
     assert torch.load(stopped / "base.pt", weights_only=True)["step"] == {4: 3, 7: 5}[at_call]
-    assert signal.getsignal(signal.SIGINT) is handler  # the handler is given back
+    assert signal.getsignal(sig) is handler  # the handler is given back
     monkeypatch.setattr(common, "get_batch", real_get_batch)
     run(stopped, *flags, "--resume")
     a = torch.load(full / "base.pt", weights_only=True)["model"]
