@@ -134,6 +134,8 @@ def test_sampling_filters_and_seed():
     assert set(draw(t=0)) == {0}
     assert set(draw(k=1)) == {0} and set(draw(p=0.4)) == {0}
     assert set(draw(p=0.7)) == {0, 1} and set(draw(k=3)) == {0, 1, 2}
+    half = np.log(np.array([0.5, 0.25, 0.25], np.float32))  # exact: the first token alone reaches top_p, as in model.py
+    assert {run.sample_next(half, 1.0, 0, 0.5, rng) for _ in range(200)} == {0}
     counts = np.bincount(draw(), minlength=4) / 2000
     assert np.abs(counts - [0.5, 0.3, 0.15, 0.05]).max() < 0.04
     big = np.random.default_rng(1).normal(size=5000).astype(np.float32)  # the nucleus shortcut vs a full sort
@@ -182,6 +184,29 @@ def test_chat_rendering_equals_render_chat(tok, rtok, tiny_world):
     for messages in conversations:
         for prompt in (False, True):
             assert run.render_chat(rtok, messages, prompt) == tokenizer.render_chat(tok, messages, prompt)[0]
+
+
+def test_a_marker_typed_as_text_is_never_its_id_even_when_merges_reach_it():
+    """The test vocabulary never merges as far as "<|end|>"; a real one may. Text that spells a marker is split
+    into text pieces, so a user cannot end a turn or forge one (prompt injection)."""
+    markers = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    normal = ["<", "|", "e", "n", "d", ">", "<|", "<|e", "<|en", "<|end", "<|end|"]  # merges that reach <|end|>
+    pieces = ["<unk>", "<s>", "</s>"] + markers + normal + [f"<0x{b:02X}>" for b in range(256)]
+    types = [run.UNKNOWN, run.CONTROL, run.CONTROL] + [run.USER_DEFINED] * 4 + [run.NORMAL] * len(normal) + [run.BYTE] * 256
+    scores = [0.0] * 7 + [-float(i) for i in range(len(normal))] + [0.0] * 256
+    rt = run.Tokenizer({"pieces": pieces, "scores": scores, "types": types, "unk_id": 0, "bos_id": 1, "eos_id": 2},
+                       {"role_ids": {"system": 3, "user": 4, "assistant": 5}, "end_id": 6})
+    ids = rt.encode("<|end|>")
+    assert not set(ids) & {3, 4, 5, 6} and rt.decode(ids) == "<|end|>"
+
+
+def test_an_old_exchange_is_dropped_to_leave_room_for_the_answer(rtok):
+    msgs = [{"role": "user", "content": "tell me about Anna " * 3}, {"role": "assistant", "content": "In Dunmore."},
+            {"role": "user", "content": "and Ben?"}]
+    ctx = len(run.render_chat(rtok, msgs, True)) + 5  # all of it fits, but with 5 tokens to answer in, not 10
+    ids, kept = run.fit_context(rtok, msgs, ctx, room=10)
+    assert kept == msgs[2:] and ids == run.render_chat(rtok, msgs[2:], True) and len(ids) + 10 <= ctx
+    assert run.fit_context(rtok, msgs, ctx, room=5) == (run.render_chat(rtok, msgs, True), msgs)
 
 
 def test_a_version_1_blob_is_read_with_its_own_template(pair, tok, tmp_path):
@@ -294,9 +319,13 @@ def test_command_line_options_anywhere_and_odd_input(pair, capsys):
 
 def test_completion_of_a_prompt_longer_than_the_context(pair, monkeypatch, capsys):
     _, rt, rtok, _ = pair
+    seen, real = [], run.generate
+    monkeypatch.setattr(run, "generate", lambda model, ids, *a: seen.append(list(ids)) or real(model, ids, *a))
     run.complete(rt, rtok, "Anna lives in Dunmore. " * 80, argparse_defaults(max_new_tokens=5),
                  lambda logits: int(logits.argmax()), run.Stats())
     assert "keeping its last" in capsys.readouterr().err
+    keep = rt.a["max_seq_len"] // 2
+    assert seen[0] == [rtok.bos_id] + rtok.encode("Anna lives in Dunmore. " * 80)[-keep:]
     n = 1 + len(rtok.encode("Anna lives in Dunmore."))
     monkeypatch.setattr(rt, "a", {**rt.a, "max_seq_len": n + 3})  # it fits, but leaves less than was asked for
     run.complete(rt, rtok, "Anna lives in Dunmore.", argparse_defaults(max_new_tokens=5),

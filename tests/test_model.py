@@ -110,6 +110,8 @@ def test_sampling_filters():
     assert {model.sample_next(logits, 1.0, top_p=0.01, generator=g).item() for _ in range(20)} == {1}
     assert {model.sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(100)} == {1, 3}
     assert model.sample_next(logits, 1e-39, generator=g).item() == 1  # a tiny temperature: greedy, not nan
+    half = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))  # exact in float32: the first token alone reaches top_p
+    assert {model.sample_next(half, 1.0, top_p=0.5, generator=g).item() for _ in range(200)} == {0}
 
 
 def test_sampling_never_picks_a_filtered_token_when_the_draw_rounds_up(monkeypatch):

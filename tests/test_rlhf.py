@@ -101,7 +101,7 @@ def test_likelihood_score_is_the_mean_log_prob_of_the_answer_tokens_alone():
 
 def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
     policy = tiny_model(vocab=20)
-    prompts, answers = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10]]
+    prompts, answers = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10, 11, 12]]  # 5 and 7 tokens: the first is padded
     head_only = rlhf.reward_model_from(policy)
     torch.nn.init.normal_(head_only.reward.weight, std=1.0)
     anchored = rlhf.reward_model_from(policy, likelihood=0.5)
@@ -110,6 +110,8 @@ def test_rm_score_adds_the_weighted_likelihood_of_the_answer_to_the_head():
     got = rlhf.score_answers(anchored, prompts, answers)
     expected = rlhf.score_answers(head_only, prompts, answers) + 0.5 * likelihood
     assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got, 0.5 * likelihood, atol=1e-3)
+    one_by_one = torch.cat([rlhf.score_answers(anchored, [p], [a]) for p, a in zip(prompts, answers)])
+    assert torch.allclose(got, one_by_one, atol=1e-5)  # the head reads each row's last token, not the padding
     x, _, lengths = rlhf.pad_batch(prompts, answers, "cpu")
     with pytest.raises(TypeError, match="targets"):
         anchored.score(x, lengths)
@@ -155,6 +157,10 @@ def test_prompt_and_answer_ids_are_the_chat_template_of_one_turn(tok):
     turn = render_chat(tok, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])[0]
     assert rlhf.prompt_ids(tok, question) + rlhf.answer_ids(tok, answer, ended=True) == turn
     assert rlhf.answer_ids(tok, answer, ended=False) == turn[len(rlhf.prompt_ids(tok, question)):-1]
+    rows = [{"prompt": question, "chosen": answer, "rejected": "No.", "chosen_ended": True, "rejected_ended": False,
+             "tie": tie} for tie in (True, False)]
+    (p, c, j, tie), (*_, no_tie) = rlhf.encode_pairs(tok, rows, 96, "pairs.jsonl")
+    assert p + c == turn and j == rlhf.answer_ids(tok, "No.", ended=False) and tie is True and no_tie is False
 
 
 def test_logprobs_only_on_answer_tokens():
@@ -205,10 +211,14 @@ def test_policy_gradient_raises_a_toy_reward():
     assert sum(means[-5:]) / 5 > sum(means[:5]) / 5 + 1.0
 
 
-def test_kl_exact_is_policy_to_reference():
-    policy, ref = torch.log(torch.tensor([[[0.9, 0.1]]])), torch.log(torch.tensor([[[0.5, 0.5]]]))
+def test_kl_exact_is_policy_to_reference_and_entropy_per_answer_token():
+    # position 0 is an answer token; position 1 (mask 0: prompt or padding), where the two differ most, counts nothing
+    policy = torch.log(torch.tensor([[[0.9, 0.1], [0.99, 0.01]]]))
+    ref = torch.log(torch.tensor([[[0.5, 0.5], [0.01, 0.99]]]))
+    mask = torch.tensor([[1.0, 0.0]])
     want = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # KL(ref || policy) would be 0.511
-    assert rlhf.kl_exact(policy, ref, torch.ones(1, 1)).item() == pytest.approx(want, rel=1e-4)
+    assert rlhf.kl_exact(policy, ref, mask).item() == pytest.approx(want, rel=1e-4)
+    assert rlhf.entropy_per_token(ref, mask) == pytest.approx(math.log(2), rel=1e-5)
 
 
 def test_ppo_clip_stops_a_token_whose_ratio_left_the_trust_region():
@@ -531,6 +541,7 @@ def test_the_rl_reward_is_the_rm_score_minus_beta_times_the_sampled_kl(out_dir, 
     rlhf.main(job_pairs(out_dir) + ["--steps", "3", "--kl-coef", "1.0", "--lr", "1e-1"])  # a large lr: KL far from 0
     rows = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
     assert len(seen) == 3 and all(abs(r["kl_sampled"]) > 0.05 for r in rows[1:])  # (0.19 and 0.18 when written)
+    assert all(r["kl_sampled"] > 0 and r["kl"] > 0 for r in rows[1:])  # log pi - log pi_ref, not the other way
     for r, got in zip(rows, seen):
         assert got == pytest.approx(r["proxy"] - 1.0 * r["kl_sampled"], abs=2e-3)
 

@@ -52,6 +52,9 @@ def test_long_conversations_lose_whole_turns(tok):
     x, y = sft.encode_conversation(tok, msgs, 40)
     assert [t for t in y if t != -1] == tok.encode(" Here.") + [tok.end_id]
     assert sft.encode_conversation(tok, msgs[2:], 40) is None
+    n = len(render_chat(tok, msgs[:2])[0])  # n ids: n - 1 inputs, n - 1 targets
+    assert len(sft.encode_conversation(tok, msgs[:2], n - 1)[0]) == n - 1  # fills the context exactly
+    assert sft.encode_conversation(tok, msgs[:2], n - 2) is None  # one token more than the model can see
 
 
 @pytest.mark.parametrize("line, why", [

@@ -34,8 +34,11 @@ def losses(text):
     return [float(x) for x in re.findall(r"\| loss ([0-9.]+) \|", text)]
 
 
-def test_loss_falls_and_report_is_written(tmp_path, capsys):
+def test_loss_falls_and_report_is_written(tmp_path, capsys, monkeypatch):
+    shapes, real = [], common.get_batch
+    monkeypatch.setattr(common, "get_batch", lambda *a: shapes.append(a[1:3]) or real(*a))
     run(tmp_path, "--max-steps", "30", "--lr", "3e-3", "--eval-interval", "30")
+    assert shapes[0] == (4, 64)  # --batch-size windows of --seq-len tokens: the model's whole context is trained
     ls = losses(capsys.readouterr().out)
     assert len(ls) == 30 and ls[-1] < ls[0] - 1.0
     report = json.load(open(tmp_path / "report.json"))["pretrain"]
