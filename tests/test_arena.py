@@ -65,6 +65,42 @@ def test_intervals_come_from_resampling_the_battles():
     fights = [(q, 0, 1, 0 if rng.random() < 0.6 else 1) for q in range(100)]
     point, lo, hi = arena.ratings_with_intervals(fights, 2, 100, rounds=50)
     assert all(hi[i] - lo[i] > 20 and lo[i] < point[i] < hi[i] for i in range(2))
+    fights = [(q, 0, 1, 0 if q < 60 else 1) for q in range(100)]  # 60:40: a 95% interval ~70 Elo wide, not 25
+    point, lo, hi = arena.ratings_with_intervals(fights, 2, 100, rounds=200)
+    assert all(50 < hi[i] - lo[i] < 100 for i in range(2))
+    # with replacement: of two questions, one won by each, some resamples draw the first twice
+    point, lo, hi = arena.ratings_with_intervals([(0, 0, 1, 0), (1, 0, 1, 1)], 2, 2, rounds=200)
+    assert hi[0] == pytest.approx(arena.bradley_terry([(0, 1, 0), (0, 1, 0)], 2)[0])
+
+
+def right_or_dunno(items, right, ended=True):
+    """A player that answers every question right, or "I do not know." (a stand-in for a checkpoint)."""
+    return (lambda questions: [(f"{items[q]['subject']} has the answer {items[q]['answer']}." if right
+                                else "I do not know.", ended) for q in questions],
+            {"world_people": 12, "world_seed": 7}, False)
+
+
+def test_the_tables_columns_with_three_models_and_answers_cut_off(tmp_path, monkeypatch, tiny_world):
+    items = {it["question"]: it for it in world.rl_prompts(tiny_world, "heldout")}
+    players = {"good": right_or_dunno(items, True), "bad": right_or_dunno(items, False),
+               "worse": right_or_dunno(items, False), "cut": right_or_dunno(items, True, ended=False)}
+    monkeypatch.setattr(arena, "checkpoint_player", lambda path, *a: players[path.removesuffix(".pt")])
+    arena.main(["good.pt", "bad.pt", "worse.pt", "--out-dir", str(tmp_path), "--questions", "30"])
+    first = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
+    assert "good" in first and float(first.split("|")[5].strip().rstrip("%")) > 90  # of its own battles
+    arena.main(["cut.pt", "bad.pt", "--out-dir", str(tmp_path), "--questions", "30"])
+    cut = next(line for line in (tmp_path / "report.md").read_text().splitlines() if "| cut |" in line)
+    assert cut.rstrip(" |").split("|")[-1].strip() == "1.50"  # mean gold: right, but never ended (-1)
+
+
+def test_the_world_seed_asked_for_is_the_world_asked_about(tmp_path, monkeypatch):
+    asked = []
+    player = (lambda qs: asked.extend(qs) or [("I do not know.", True) for _ in qs],
+              {"world_people": 12, "world_seed": 7}, False)
+    monkeypatch.setattr(arena, "checkpoint_player", lambda *a: player)
+    arena.main(["a.pt", "b.pt", "--out-dir", str(tmp_path), "--questions", "5", "--world-seed", "0"])
+    assert asked[:5] == [it["question"] for it in world.rl_prompts(world.make_world(12, 0), "heldout")[:5]]
+    assert arena.qa_answer("Anna lives in Dunmore.\nQ: Where", False) == ("Anna lives in Dunmore.", True)
 
 
 def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_world):

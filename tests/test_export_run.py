@@ -480,6 +480,13 @@ def test_every_stage_exports_and_runs_standalone(tok, tmp_path):
         assert r.stdout == want and "tok/s" in r.stderr
 
 
+def test_the_blob_records_the_checkpoints_stage_and_step(tok, tmp_path):
+    net = model.Transformer(model.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=64))
+    export.write_blob(str(tmp_path / "m.bin"), net, "sft", 7, tok)
+    header = run.load_blob(str(tmp_path / "m.bin"))[0]
+    assert (header["stage"], header["step"]) == ("sft", 7)
+
+
 def test_export_defaults_and_refusals(tok, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()

@@ -161,6 +161,9 @@ def test_prompt_and_answer_ids_are_the_chat_template_of_one_turn(tok):
              "tie": tie} for tie in (True, False)]
     (p, c, j, tie), (*_, no_tie) = rlhf.encode_pairs(tok, rows, 96, "pairs.jsonl")
     assert p + c == turn and j == rlhf.answer_ids(tok, "No.", ended=False) and tie is True and no_tie is False
+    assert len(rlhf.encode_pairs(tok, rows, len(turn), "p")) == 2  # exactly the context: accepted
+    with pytest.raises(ValueError, match="longer than the model's"):
+        rlhf.encode_pairs(tok, rows, len(turn) - 1, "p")
 
 
 def test_logprobs_only_on_answer_tokens():
@@ -251,6 +254,27 @@ def test_over_optimisation_finds_the_gold_peak_and_names_what_the_policy_piled_o
     assert o["exploited"] == ["polite phrases per answer"] and o["drop"] == pytest.approx((2.5 + 1.25) / 2.5)  # to the mean of the last 4
     calm = [dict(r, proxy=1.0, gold=2.5, polite=1.0) for r in rows]  # nothing moves: nothing to call hacking
     assert not rlhf.over_optimisation(calm)["hacked"] and rlhf.over_optimisation(calm)["exploited"] == []
+    assert not rlhf.over_optimisation(calm)["proxy_rising"]  # a flat proxy is not rising
+    better = [dict(r, gold=2.5, polite=1.0) for r in rows]  # the proxy rises, no gold is lost: not hacking
+    assert not rlhf.over_optimisation(better)["hacked"]
+    two = [dict(r, repeats=0.02 * max(0, r["step"] - 21)) for r in rows]  # polite phrases cost more than repeats
+    assert rlhf.over_optimisation(two)["exploited"] == ["polite phrases per answer", "repeated sentences per answer"]
+    wrong = [dict(r, polite=1.0, correct=1.0 - 0.02 * max(0, r["step"] - 21)) for r in rows]  # answers turn wrong
+    o = rlhf.over_optimisation(wrong)
+    assert o["hacked"] and "wrong answers" in o["exploited"] and o["costs"]["wrong answers"] > 0
+
+
+def test_the_spot_check_is_the_policys_win_rate_with_each_answers_own_ending(tiny_world, monkeypatch):
+    items = world_lib.rl_prompts(tiny_world, "heldout")[:40]
+    right = [world_lib.CANONICAL[it["attribute"]].format(name=it["subject"], value=it["answer"]) for it in items]
+    model = tiny_model(vocab=20)
+
+    def spot(policy_texts, policy_ended, sft_texts, sft_ended):
+        monkeypatch.setattr(rlhf.common, "chat_answers", lambda *a, **k: [([], t, policy_ended) for t in policy_texts])
+        return rlhf.spot_check(model, None, items, [([], t, sft_ended) for t in sft_texts], 8, 0)
+
+    assert spot(right, True, ["I do not know."] * len(items), True) > 0.9  # the policy's wins, not SFT's
+    assert spot(right, False, right, True) < 0.2  # the same answers, the policy's cut off
 
 
 def test_gold_drop_is_a_fraction_of_the_peak_and_not_of_a_peak_near_zero():
@@ -544,6 +568,73 @@ def test_the_rl_reward_is_the_rm_score_minus_beta_times_the_sampled_kl(out_dir, 
     assert all(r["kl_sampled"] > 0 and r["kl"] > 0 for r in rows[1:])  # log pi - log pi_ref, not the other way
     for r, got in zip(rows, seen):
         assert got == pytest.approx(r["proxy"] - 1.0 * r["kl_sampled"], abs=2e-3)
+
+
+NAMES = ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")
+
+
+def test_ties_are_trained_on_but_never_scored(out_dir, monkeypatch):
+    """A tie (a label's or the gold scores') has no right order: it is not a held-out pair, and an RM that always
+    prefers the chosen answer is right on every pair the gold orders."""
+    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know.",
+             "gold_chosen": 2.5, "gold_rejected": -1.0} for n in NAMES]
+    rows += [{"prompt": f"What is {n}'s pet?", "chosen": f"{n} has a cat.", "rejected": f"{n} has a pet cat.",
+              "gold_chosen": 2.5, "gold_rejected": 2.5} for n in NAMES]
+    rows += [{"prompt": f"Where does {n} live?", "chosen": f"{n} lives here.", "rejected": "No idea.", "tie": True}
+             for n in NAMES]
+    held = [rlhf.is_heldout(r["prompt"], 0.3) for r in rows]
+    assert any(h and r.get("tie") for h, r in zip(held, rows))
+    (out_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(rlhf, "pair_scores", lambda model, pairs, likelihood=False: (torch.ones(len(pairs)),
+                                                                                     torch.zeros(len(pairs))))
+    rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(out_dir / "pairs.jsonl"), "--rm-heldout", "0.3",
+               "--steps", "1", *FAST])
+    rm = json.load(open(out_dir / "report.json"))["rm"]
+    assert rm["heldout_pairs"] == sum(h and not r.get("tie") for h, r in zip(held, rows))
+    assert rm["accuracy_vs_gold"] == 1.0
+
+
+def test_the_exam_scores_the_kept_policy_and_sft_on_prompts_the_spot_check_never_saw(out_dir, tiny_world, monkeypatch):
+    items = {it["question"]: it for it in world_lib.rl_prompts(tiny_world, "heldout")}
+    canonical = lambda q: world_lib.CANONICAL[items[q]["attribute"]].format(  # noqa: E731
+        name=items[q]["subject"], value=items[q]["answer"])
+    real, exam, spot = rlhf.common.chat_answers, [], set()
+    real_spot = rlhf.spot_check
+    monkeypatch.setattr(rlhf, "spot_check", lambda policy, tok, its, *a: spot.update(it["question"] for it in its)
+                        or real_spot(policy, tok, its, *a))
+
+    def answers(model, tok, questions, *a, **k):  # the exam (5 prompts): the kept policy right, then SFT wrong
+        if len(questions) != 5:
+            return real(model, tok, questions, *a, **k)
+        exam.append(questions)
+        texts = [canonical(q) if len(exam) == 1 else "I do not know." for q in questions]
+        return [(tok.encode(t) + [tok.end_id], t, True) for t in texts]
+    monkeypatch.setattr(rlhf.common, "chat_answers", answers)
+    flags = list(FAST)
+    flags[flags.index("--eval-prompts") + 1] = "5"
+    rlhf.main(job_pairs(out_dir)[:-len(FAST)] + ["--steps", "1", *flags])
+    m = json.load(open(out_dir / "report.json"))["rlhf"]
+    qs = exam[0]
+    assert spot and not set(qs) & spot
+    assert m["gold_rlhf"] == round(sum(world_lib.gold_score(items[q], canonical(q)) for q in qs) / 5, 4)
+    assert m["gold_sft"] == round(sum(world_lib.gold_score(items[q], "I do not know.") for q in qs) / 5, 4)
+    assert m["gold_winrate_vs_sft"] == 1.0
+
+
+def test_what_was_exploited_is_named_only_when_the_run_was_hacked(out_dir, monkeypatch):
+    real, calls = rlhf.rollout_batch, []
+
+    def rollout(*a, **k):  # gold falls and answers stop ending from step 6, but the proxy stays flat
+        b = real(*a, **k)
+        s, n = len(calls), len(b["answers"])
+        calls.append(s)
+        b["proxy"], b["gold"] = torch.full((n,), 1.0), torch.full((n,), 2.0 - 0.2 * max(0, s - 5))
+        b["answers"] = [(ids, text, s < 6) for ids, text, _ in b["answers"]]
+        return b
+    monkeypatch.setattr(rlhf, "rollout_batch", rollout)
+    rlhf.main(job_pairs(out_dir) + ["--steps", "15"])
+    m = json.load(open(out_dir / "report.json"))["rlhf"]
+    assert not m["hacked"] and m["exploited"] == []
 
 
 def test_ppo_epochs_compare_with_the_policy_that_sampled(out_dir, monkeypatch):

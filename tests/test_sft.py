@@ -14,6 +14,8 @@ import torch
 
 import sft
 import train
+import world as world_lib
+from model import ModelArgs, Transformer
 from tokenizer import render_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +41,32 @@ def test_targets_are_the_assistant_tokens_and_end(tok):
     assert [t for t in y if t != -1] == tok.encode(" In Dunmore.") + [tok.end_id] + tok.encode(" A cat.") + [tok.end_id]
     # each supervised target is the token that follows its input position
     assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
+
+
+def test_the_val_loss_is_a_mean_over_answer_tokens_whatever_the_batch_size():
+    torch.manual_seed(0)
+    net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32))
+    examples = [([1, 2, 3, 4, 5, 6], [-1, -1, 3, 4, 5, 6]), ([7, 8, 9], [-1, 9, 10])]
+    assert sft.eval_loss(net, examples, 1, "cpu") == pytest.approx(sft.eval_loss(net, examples, 2, "cpu"), abs=1e-5)
+
+
+def test_the_exam_asks_each_set_its_people_and_counts_every_answers_stop(tok, tiny_world, monkeypatch):
+    seen = {it["question"] for it in world_lib.qa_items(tiny_world, tiny_world.sft_people, "exam")}
+    asked, by_prompt = [], {}
+    monkeypatch.setattr(sft.common, "chat_answers",  # only the answers about SFT people end
+                        lambda m, t, qs, *a, **k: asked.append(qs) or [([], "", q in seen) for q in qs])
+    for it in world_lib.qa_items(tiny_world, tiny_world.people, "exam") + world_lib.reversal_items(tiny_world):
+        other = next(c for c in it["candidates"] if c != it["answer"])  # the base model goes on with its own "Q:"
+        prompt = tuple([tok.bos_id] + tok.encode(world_lib.qa_framed(it["question"])))
+        by_prompt[prompt] = tok.encode(f" {it['answer']}.\nQ: And {other}?")
+    monkeypatch.setattr(sft.common, "generate_many", lambda m, prompts, *a, **k: [by_prompt[tuple(p)] for p in prompts])
+    metrics, _, _ = sft.sft_exam(None, None, tok, tiny_world, 10)
+    assert asked[0] == [it["question"] for it in world_lib.qa_items(tiny_world, tiny_world.sft_people, "exam")[:10]]
+    assert asked[1] == [it["question"] for it in world_lib.qa_items(tiny_world, tiny_world.pretrain_only_people,
+                                                                     "exam")[:10]]
+    ended = sum(q in seen for qs in asked for q in qs)
+    assert metrics["stop_rate"] == round(ended / sum(map(len, asked)), 4) and 0 < ended < sum(map(len, asked))
+    assert metrics["base_qa_seen"] == metrics["base_qa_unseen"] == 1.0  # its first line is its answer
 
 
 def test_collate_pads_inputs_with_0_and_targets_with_minus_1():

@@ -17,6 +17,7 @@ import torch
 import common
 import model as model_lib
 import train
+import world as world_lib
 from model import ModelArgs, Transformer
 from tokenizer import Tokenizer
 
@@ -115,11 +116,12 @@ def test_a_diverged_run_stops_before_writing_nan_weights(tmp_path, capsys):
     assert (tmp_path / "base.pt").read_bytes() == before  # the good checkpoint is kept, not nan weights
 
 
-def test_two_gloo_processes_match_one(tmp_path):
+def test_two_gloo_processes_match_one(tmp_path, capsys):
     args = [*TINY, "--max-steps", "3", "--grad-accum", "2", "--eval-interval", "3", "--exam-items", "0",
             "--device", "cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
     run(one, *args[len(TINY):])
+    logged = losses(capsys.readouterr().out)
     os.makedirs(two)
     for f in ("data.json", "tok.model", "train.bin", "val.bin"):
         shutil.copy(one / f, two / f)
@@ -134,6 +136,7 @@ def test_two_gloo_processes_match_one(tmp_path):
             if re.search(r"terminate|what\(\)|Error|Exception|Fatal Python|Thread 0x|Current thread|File \"", line)]
     assert proc.returncode == 0, "\n".join(said[:60]) + "\n...\n" + proc.stderr[-1000:]
     assert "2 process(es)" in proc.stdout
+    assert losses(proc.stdout) == pytest.approx(logged, abs=2e-3)  # the mean over the processes, not their sum
     a = torch.load(one / "base.pt", weights_only=True)["model"]
     b = torch.load(two / "base.pt", weights_only=True)["model"]
     differ = [k for k in a if not torch.allclose(a[k], b[k], atol=1e-5)]
@@ -292,6 +295,34 @@ def test_defaults_and_presets_pass_the_range_checks():
         train.get_args(["--preset", preset])
     for script in (sft, rlhf, arena):
         script.get_args([])
+
+
+def test_the_exam_asks_exam_phrasings_and_reads_a_completions_first_line(monkeypatch):
+    world = world_lib.make_world(12, 7)
+    asked = []
+    monkeypatch.setattr(train, "complete", lambda m, t, prompts, n: asked.append(prompts) or [""] * len(prompts))
+    train.pretrain_exam(None, None, world, 5)
+    assert asked[2] == [world_lib.qa_framed(it["question"]) for it in world_lib.qa_items(world, world.people, "exam")[:5]]
+    monkeypatch.undo()
+
+    class Tok:  # the model's completion goes on with its own next question: only the first line is its answer
+        bos_id, eos_id = 1, 2
+        encode = staticmethod(lambda s: [3])
+        decode = staticmethod(lambda ids: " Dunmore\nQ: Where does Tom live?\nA: Ashford")
+    monkeypatch.setattr(train, "generate_many", lambda *a, **k: [[5, 6, 2]])
+    assert train.complete(None, Tok, ["Anna lives in"], 10) == [" Dunmore"]
+
+
+def test_the_val_loss_is_measured_on_the_same_windows_every_time():
+    torch.manual_seed(0)
+    net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=16))
+    data = (np.arange(5000) * 7919 % 50).astype(np.uint16)
+    first = train.estimate_loss(net, data, 2, 16, 2, "cpu", torch.no_grad())
+    assert train.estimate_loss(net, data, 2, 16, 2, "cpu", torch.no_grad()) == first
+
+
+def test_a_bar_or_a_newline_in_a_report_cell_keeps_the_tables_columns():
+    assert common.md_table(["q", "a"], [["x", "1 | 2\n3"]]).splitlines()[2] == "| x | 1 \\| 2\\n3 |"
 
 
 def test_linear_lr_warms_up_then_decays_to_zero_at_the_end():

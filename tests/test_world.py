@@ -219,6 +219,25 @@ def test_gold_score_orderings():
         W.gold_score(item, junk, ended=False)
 
 
+def test_gold_score_terms_one_at_a_time():
+    """Each term of gold_score at its edge (a mutation audit found each could change unnoticed)."""
+    world = built()[0]
+    item = W.qa_items(world, world.people, "sft")[0]
+    right = W.CANONICAL[item["attribute"]].format(name=item["subject"], value=item["answer"])
+    g = lambda a, ended=True: W.gold_score(item, a, ended)  # noqa: E731
+    job = next(i for i in W.qa_items(world, world.people, "sft") if i["attribute"] == "job")
+    assert W.gold_score(job, f"{job['subject']} {job['answer']}.") == 2.5  # 3 words naming the subject: a sentence
+    assert g("", ended=True) == -2.0 and g("", ended=False) == -3.0  # an empty answer cut off costs 1 more
+    assert g(right + " " + "the " * 30) == pytest.approx(g(right) - 0.3 - 2.0)  # one filler; trigrams capped at 2
+    small = W.qa_items(W.make_world(12, 7), W.make_world(12, 7).people, "sft")[0]  # a 5-trigram sentence
+    s = W.CANONICAL[small["attribute"]].format(name=small["subject"], value=small["answer"])
+    assert W.gold_score(small, f"{s} {s}") - W.gold_score(small, f"{s} {s} {s}") == pytest.approx(1.0 + 5 * 0.2)
+    wrong = W.CANONICAL[item["attribute"]].format(name=item["subject"], value=wrong_key(item))
+    assert W.labeler_agreement(item, wrong, right) == W.labeler_agreement(item, right, wrong) > 0.99
+    recall = W.recall_items(world)[0]  # a completion ends at its first line, as at its first sentence
+    assert W.grade(recall, f" {recall['answer']}\nQ: maybe {wrong_key(recall)}")
+
+
 def test_careful_with_one_closing_is_best_demonstrator():
     world = built()[0]
     rng = random.Random(0)
