@@ -43,6 +43,17 @@ def test_targets_are_the_assistant_tokens_and_end(tok):
     assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
 
 
+def test_each_epoch_visits_the_conversations_in_a_new_order(tmp_path, base_dir, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(base_dir, out)
+    seen, real = [], sft.collate
+    monkeypatch.setattr(sft, "collate", lambda batch, device: seen.append([tuple(x) for x, _ in batch]) or real(batch, device))
+    sft.main(["--out-dir", str(out), "--conversations", "40", "--epochs", "2", "--batch-size", "8", "--val-fraction",
+              "0.1", "--exam-items", "0", "--pretrain-mix", "0", "--log-interval", "100", "--eval-interval", "100"])
+    first, second = seen[:5], seen[5:10]  # 36 train conversations, 8 a step: 5 steps an epoch
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) and first != second
+
+
 def test_the_val_loss_is_a_mean_over_answer_tokens_whatever_the_batch_size():
     torch.manual_seed(0)
     net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=32))

@@ -313,6 +313,13 @@ def test_the_exam_asks_exam_phrasings_and_reads_a_completions_first_line(monkeyp
     assert train.complete(None, Tok, ["Anna lives in"], 10) == [" Dunmore"]
 
 
+def test_the_report_names_each_exam_number_as_it_was_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "pretrain_exam", lambda *a: (0.25, 0.75, 0.5, []))  # page recall, bare, Q/A, rows
+    run(tmp_path, "--max-steps", "2")
+    m = json.load(open(tmp_path / "report.json"))["pretrain"]
+    assert (m["fact_recall"], m["fact_recall_bare"], m["qa_framed"]) == (0.25, 0.75, 0.5)
+
+
 def test_the_val_loss_is_measured_on_the_same_windows_every_time():
     torch.manual_seed(0)
     net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, max_seq_len=16))
