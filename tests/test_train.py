@@ -100,8 +100,14 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing(tmp_path, monkeypatch, 
         return real_get_batch(*a, **k)
 
     monkeypatch.setattr(common, "get_batch", interrupted)
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path, "--max-steps", "6", "--eval-interval", "100", "--exam-items", "0")
+    # Python's Ctrl-C, even when pytest runs as a background job of a script (which starts with SIGINT ignored,
+    # so the second Ctrl-C, given back to that, would be ignored too)
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path, "--max-steps", "6", "--eval-interval", "100", "--exam-items", "0")
+    finally:
+        signal.signal(signal.SIGINT, outside)
     assert e.value.code == 130 and not (tmp_path / "base.pt").exists()
     assert "stopped without saving" in capsys.readouterr().out
 
