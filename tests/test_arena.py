@@ -105,13 +105,7 @@ def test_the_world_seed_asked_for_is_the_world_asked_about(tmp_path, monkeypatch
 
 def test_the_table_ranks_the_better_model_first(tmp_path, monkeypatch, tiny_world):
     items = {it["question"]: it for it in world.rl_prompts(tiny_world, "heldout")}
-
-    def player(path, *args):
-        good = path.startswith("good")
-        return (lambda questions: [(f"{items[q]['subject']} has the answer {items[q]['answer']}." if good
-                                    else "I do not know.", True) for q in questions],
-                {"world_people": 12, "world_seed": 7}, False)
-    monkeypatch.setattr(arena, "checkpoint_player", player)
+    monkeypatch.setattr(arena, "checkpoint_player", lambda path, *a: right_or_dunno(items, path.startswith("good")))
     arena.main(["bad.pt", "good.pt", "--out-dir", str(tmp_path), "--questions", "30"])
     first = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
     assert "good" in first and "bad" not in first

@@ -38,6 +38,8 @@ def out_dir(tmp_path, tok):
 
 FAST = ["--max-new-tokens", "8", "--spot-prompts", "8", "--eval-prompts", "8", "--exam-items", "4",
         "--prompts-per-step", "2", "--samples", "2", "--rm-batch-size", "8", "--log-interval", "1"]
+# the people of hand-written comparisons
+NAMES = ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")
 
 
 def test_bradley_terry_loss_and_accuracy_on_a_toy():
@@ -370,7 +372,7 @@ def test_label_mode_skipping_every_pair_saves_nothing_and_says_so(out_dir, monke
 
 def test_label_mode_removes_copies_of_a_file_and_a_resumed_label_run_does_not_ask_again(out_dir, monkeypatch):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
-            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+            for n in NAMES]
     cmp = out_dir / "comparisons.jsonl"
     cmp.write_text("".join(json.dumps({**r, "labeler": "file"}) + "\n" for r in rows))  # a --comparisons run's copy
     monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
@@ -478,7 +480,7 @@ def test_torchrun_is_refused_before_any_work(out_dir, monkeypatch):
 
 def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(out_dir, capsys):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
-            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+            for n in NAMES]
     rows.append({"prompt": "What is Ada's job?", "chosen": "Ada bakes.", "rejected": "Ada bakes."})  # teaches nothing
     path = out_dir / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -552,7 +554,7 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
 
 def job_pairs(out_dir):
     rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
-            for n in ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")]
+            for n in NAMES]
     path = out_dir / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return ["--out-dir", str(out_dir), "--comparisons", str(path), "--rm-heldout", "0.3", "--eval-interval", "100",
@@ -568,9 +570,6 @@ def test_the_rl_reward_is_the_rm_score_minus_beta_times_the_sampled_kl(out_dir, 
     assert all(r["kl_sampled"] > 0 and r["kl"] > 0 for r in rows[1:])  # log pi - log pi_ref, not the other way
     for r, got in zip(rows, seen):
         assert got == pytest.approx(r["proxy"] - 1.0 * r["kl_sampled"], abs=2e-3)
-
-
-NAMES = ("Anna", "Tom", "Lena", "Paul", "Maria", "Jack", "Nora", "Sam", "Clara", "Ben", "Emma", "Leo")
 
 
 def test_ties_are_trained_on_but_never_scored(out_dir, monkeypatch):

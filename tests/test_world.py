@@ -229,7 +229,8 @@ def test_gold_score_terms_one_at_a_time():
     assert W.gold_score(job, f"{job['subject']} {job['answer']}.") == 2.5  # 3 words naming the subject: a sentence
     assert g("", ended=True) == -2.0 and g("", ended=False) == -3.0  # an empty answer cut off costs 1 more
     assert g(right + " " + "the " * 30) == pytest.approx(g(right) - 0.3 - 2.0)  # one filler; trigrams capped at 2
-    small = W.qa_items(W.make_world(12, 7), W.make_world(12, 7).people, "sft")[0]  # a 5-trigram sentence
+    seven = W.make_world(12, 7)
+    small = W.qa_items(seven, seven.people, "sft")[0]  # a sentence of 5 trigrams
     s = W.CANONICAL[small["attribute"]].format(name=small["subject"], value=small["answer"])
     assert W.gold_score(small, f"{s} {s}") - W.gold_score(small, f"{s} {s} {s}") == pytest.approx(1.0 + 5 * 0.2)
     wrong = W.CANONICAL[item["attribute"]].format(name=item["subject"], value=wrong_key(item))
