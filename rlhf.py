@@ -435,12 +435,12 @@ def train_reward_model(rm, train_pairs, args, log):
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        common.stop_if_diverged(loss.item(), rm, f"{step + 1} of the reward model", None)
+        loss_value = common.stop_if_diverged(loss.detach(), rm, f"{step + 1} of the reward model", None)
         every = max(1, max_steps // 4)  # four log lines (the held-out accuracy, a pass over many pairs, comes after)
         if (step + 1) % every == 0 or step + 1 == max_steps:
             dt, logged = t_last() / (step + 1 - logged), step + 1
             tokens = sum(len(p) * len(answers) + sum(map(len, answers)) for p, answers, _ in batch)
-            log(common.step_line(step + 1, max_steps, loss.item(), lr, dt, tokens), flush=True)
+            log(common.step_line(step + 1, max_steps, loss_value, lr, dt, tokens), flush=True)
             t_last = common.Timer()
     rm.eval()
     return max_steps
@@ -1039,7 +1039,7 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                common.stop_if_diverged(loss.item(), policy, step + 1, last_path)
+                loss_value = common.stop_if_diverged(loss.detach(), policy, step + 1, last_path)
             step += 1
             stats, last_answers = answer_stats(batch["answers"]), batch["answers"]
             correct = sum(world_lib.grade(it, t) for it, (_, t, _) in
@@ -1052,7 +1052,7 @@ def main(argv=None):
             rows.append(row)
             if step % args.log_interval == 0 or step == args.steps or step == 1:
                 dt, logged = t_last() / (step - logged), step
-                log(common.step_line(step, args.steps, loss.item(), lr, dt, x.numel(),
+                log(common.step_line(step, args.steps, loss_value, lr, dt, x.numel(),
                                      f" | proxy {row['proxy']:+.2f} | gold {row['gold']:+.2f} | kl {row['kl']:.2f} "
                                      f"(sampled {row['kl_sampled']:.2f}) | len {row['tokens']:.0f} | entropy {entropy:.2f}"),
                     flush=True)

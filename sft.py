@@ -301,14 +301,14 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            common.stop_if_diverged(loss.detach(), model, step + 1, ckpt_path, ddp)
+            loss_value = common.stop_if_diverged(loss.detach(), model, step + 1, ckpt_path, ddp)
             step += 1
             if step % args.log_interval == 0 or step == max_steps:
                 dt, logged = t_last() / (step - logged), step
                 tokens = (x.numel() + args.pretrain_mix * args.pretrain_mix_len // ddp.world_size) * ddp.world_size
                 parts = "" if mix_data is None else (f" | loss = chat {ddp.mean(chat_loss.item()):.3f} + pretraining "
                                                      f"text {ddp.mean(ptx_loss.item()):.3f}")
-                log(common.step_line(step, max_steps, ddp.mean(loss.item()), lr, dt, tokens,
+                log(common.step_line(step, max_steps, ddp.mean(loss_value), lr, dt, tokens,
                                      f"{parts} | eta {dt * (max_steps - step) / 60:.1f} min"), flush=True)
                 t_last = common.Timer()
             if step % args.eval_interval == 0 or step == max_steps:
