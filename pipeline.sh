@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: the whole life of a model on the built-in world, raw text to chat, in 5-10 minutes on
-# a 2-core CPU (269-299 s on one machine, 468-592 s on another, see README; so are the estimates below).
+# a 2-core CPU (269-299 s on one machine, 468-617 s on another, see README; so are the estimates below).
 # Every stage prints step logs with an ETA and writes its exam into OUT/report.md.
 #     bash pipeline.sh            # everything in out/
 #     bash pipeline.sh myrun      # everything in myrun/
@@ -14,7 +14,7 @@ stage() { printf '\n=== [%s/6] %s (about %s; %d s so far) ===\n' "$1" "$2" "$3" 
 
 stage 1 "pretraining: a tokenizer, then next-token prediction on the world's documents" "2.5-5 min"
 $PY train.py --out-dir "$OUT"
-stage 2 "SFT: conversations, loss on the assistant's tokens only" "45-85 s"
+stage 2 "SFT: conversations, loss on the assistant's tokens only" "45-90 s"
 $PY sft.py --out-dir "$OUT"
 stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "1.5-3.5 min"
 $PY rlhf.py --out-dir "$OUT"
