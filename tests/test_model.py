@@ -45,8 +45,23 @@ def reference_rope(x, theta=10000.0):
 
 def test_rope_matches_complex_reference():
     x = torch.randn(2, 9, 3, 8)
-    cos, sin = model.rope_tables(8, 9, 10000.0)
+    cos, sin = model.rope_pairs(*model.rope_tables(8, 9, 10000.0))
     assert torch.allclose(model.apply_rotary_emb(x, cos, sin), reference_rope(x), atol=1e-5)
+
+
+def test_rope_gives_the_floats_of_rotating_each_pair_apart_forward_and_backward():
+    """apply_rotary_emb's swapped-pair form against the plain one: x0 cos - x1 sin and x0 sin + x1 cos,
+    stacked. Bit for bit, so a faster form cannot change a trained model."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 11, 4, 16, requires_grad=True)
+    cos, sin = model.rope_tables(16, 11, 10000.0)
+    x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[None, :, None], sin[None, :, None]
+    plain = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(3)
+    fast = model.apply_rotary_emb(x, *model.rope_pairs(cos, sin))
+    g = torch.randn_like(plain)
+    assert torch.equal(fast, plain)
+    assert torch.equal(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(plain, x, g)[0])
 
 
 def test_attention_matches_explicit_softmax_with_repeated_kv_heads():
