@@ -667,6 +667,200 @@ def test_llama2c_export_holds_the_same_model(tied, tok, tmp_path):
                if k in (tokenizer.NORMAL, tokenizer.USER_DEFINED))
 
 
+# -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------
+
+def test_the_next_turn_reuses_the_cache_through_the_last_answer(pairs, tok, monkeypatch):
+    """run.py: chat's `cached = ids` (the answer's keys and values were computed again at every next turn)."""
+    _, _, rtok, path = pairs["tied"]
+    header, weights, _ = run.load_blob(str(path))
+    rec = Recording(header["model_args"], weights)
+    answer = tok.encode(" In Dunmore.") + [tok.end_id]  # re-encodes to itself, as the history holds it
+    script = iter(answer + answer)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where does Anna live?\nAnd Ben?\n"))
+    run.chat(rec, rtok, argparse_defaults(), lambda logits: next(script), run.Stats())
+    first = tokenizer.render_chat(tok, [{"role": "user", "content": "Where does Anna live?"}], True)[0]
+    prefills = [start for start, tokens in rec.calls if len(tokens) > 1]
+    assert prefills == [0, len(first) + len(answer) - 1]  # all but the <|end|> the model never saw fed
+
+
+def test_a_marker_the_model_writes_mid_answer_is_neither_shown_nor_kept(pairs, tok, capsys):
+    """run.py: chat printing every id but <|end|> (a role marker mid-answer shown as "<|user|>"), and keeping it
+    in the history as text (the next turn then had the marker spelled out in the assistant's message)."""
+    _, rt, rtok, _ = pairs["tied"]
+    script = iter(tok.encode(" In") + [tok.role_ids["user"]] + tok.encode(" Dunmore.") + [tok.end_id])
+    messages = run.chat(rt, rtok, argparse_defaults(prompt="Where does Anna live?"), lambda logits: next(script),
+                        run.Stats())
+    assert capsys.readouterr().out == "In Dunmore.\n" and messages[-1]["content"] == "In Dunmore."
+
+
+def test_a_short_chat_keeps_every_turn_and_says_nothing_of_dropping_whatever_max_new_tokens(pairs, tok, monkeypatch,
+                                                                                           capsys):
+    """run.py: fit_context given all of --max-new-tokens as the room to leave (not at most half the context: with
+    a large limit every old exchange was dropped at each turn); the "dropped" note's `<` as `<=` (said every turn)."""
+    _, rt, rtok, _ = pairs["tied"]
+    script = iter((tok.encode(" In Dunmore.") + [tok.end_id]) * 2)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where does Anna live?\nAnd Ben?\n"))
+    messages = run.chat(rt, rtok, argparse_defaults(max_new_tokens=1000), lambda logits: next(script), run.Stats())
+    assert [m["content"] for m in messages] == ["Where does Anna live?", "In Dunmore.", "And Ben?", "In Dunmore."]
+    assert "dropped" not in capsys.readouterr().err
+
+
+def test_a_prompt_that_fills_the_whole_context_does_not_fit():
+    """run.py: fit_context's `len(ids) < ctx` as `<=` (a prompt of exactly ctx tokens was accepted, then the
+    answer had no room for a single token)."""
+    class Chars:  # one id per character
+        bos_id, end_id, content_prefix = 1, 2, " "
+        role_ids = {"system": 3, "user": 4, "assistant": 5}
+        encode = staticmethod(lambda text: [ord(c) for c in text])
+    msgs = [{"role": "user", "content": "and Ben?"}]
+    n = len(run.render_chat(Chars, msgs, True))
+    assert run.fit_context(Chars, msgs, n, room=10) == (None, msgs)
+    assert run.fit_context(Chars, msgs, n + 1, room=10) == (run.render_chat(Chars, msgs, True), msgs)
+
+
+def test_a_system_message_must_leave_half_the_context(pairs, capsys):
+    """run.py: the --system check at the whole context, not half (a system message of 60 of 96 tokens passed,
+    leaving the question and answer almost nothing)."""
+    _, rt, rtok, _ = pairs["tied"]
+    ctx, system = rt.a["max_seq_len"], "Be brief."
+    while len(run.render_chat(rtok, [{"role": "system", "content": system}], True)) < 0.6 * ctx:
+        system += " Be brief."
+    with pytest.raises(SystemExit) as e:
+        run.chat(rt, rtok, argparse_defaults(prompt="hi", system=system), lambda logits: rtok.end_id, run.Stats())
+    assert "--system message is too long" in str(e.value.code)
+
+
+def test_a_broken_character_at_the_end_of_the_output_is_shown_as_sentencepiece_shows_it(capsys):
+    """run.py: Printer's decoder never told the output is final (the bytes of an unfinished character at the end
+    of an answer were never shown; sentencepiece decodes each to U+FFFD)."""
+    data = "a中".encode()[:-1]  # the last character cut after its second byte
+
+    class Bytes:  # id i is the i-th byte
+        def piece_bytes(self, i):
+            return data[i:i + 1]
+    out = run.Printer(Bytes())
+    for i in range(len(data)):
+        out.write([i])
+    out.write([], final=True)
+    assert capsys.readouterr().out == "a\ufffd\ufffd"
+
+
+def test_tokens_per_second_add_up_over_a_chats_turns(monkeypatch, capsys):
+    """run.py: Stats.timed setting its seconds instead of adding them (a chat's tok/s: every turn's tokens over the
+    last turn's time)."""
+    clock = iter([0.0, 1.0, 10.0, 12.0])  # turn one's first token and end, turn two's
+    monkeypatch.setattr(run, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    stats = run.Stats()
+    assert list(stats.timed(iter([5, 6, 7]))) == [5, 6, 7] and list(stats.timed(iter([8, 9]))) == [8, 9]
+    stats.report()
+    assert "achieved tok/s: 1.0 (3 tokens in 3.00 s)" in capsys.readouterr().err
+
+
+def test_a_prompt_of_exactly_the_context_is_cut_to_leave_room_to_write(pairs, monkeypatch, capsys):
+    """run.py: complete's `len(ids) >= ctx` as `>` (a prompt of exactly ctx tokens was kept whole: nothing could
+    be generated, and no note said why)."""
+    _, rt, rtok, _ = pairs["tied"]
+    prompt = "Anna lives in Dunmore."
+    n = 1 + len(rtok.encode(prompt))
+    monkeypatch.setattr(rt, "a", {**rt.a, "max_seq_len": n})
+    new = []
+    run.complete(rt, rtok, prompt, argparse_defaults(max_new_tokens=5),
+                 lambda logits: new.append(1) or int(logits.argmax()), run.Stats())
+    assert f"keeping its last {n // 2}" in capsys.readouterr().err and len(new) == min(5, n - 1 - n // 2)
+
+
+def test_a_stages_section_is_replaced_and_tagged_runs_are_grouped_by_tag(tmp_path):
+    """common.py: update_report keeping a stage's old section (setdefault); _section_key without the tag (each
+    tagged run's rm and rlhf sections apart, interleaved with another tag's)."""
+    for stage in ("rlhf_b", "rm_a", "sft", "rlhf_a", "rm_b", "pretrain"):
+        common.update_report(str(tmp_path), stage, {"n": 1}, f"## {stage} old")
+    common.update_report(str(tmp_path), "sft", {"n": 2}, "## sft new")
+    md = (tmp_path / "report.md").read_text()
+    assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == [
+        "pretrain old", "sft new", "rm_a old", "rlhf_a old", "rm_b old", "rlhf_b old"]
+    assert common.read_report(str(tmp_path))["sft"] == {"n": 2}
+
+
+def test_an_empty_report_md_is_a_report_card_and_a_json_of_non_sections_is_not(tmp_path, capsys):
+    """common.py: _read_sections' `if lines and ...` without `lines` (an empty report.md: IndexError traceback at
+    the end of a run); read_report without its check of each entry (a report.json {"a": 1} was taken as ours and
+    written over)."""
+    (tmp_path / "report.md").write_text("")
+    common.update_report(str(tmp_path), "sft", {"n": 1}, "## SFT")
+    assert "## SFT" in (tmp_path / "report.md").read_text()
+    other = tmp_path / "other"
+    os.makedirs(other)
+    (other / "report.json").write_text('{"a": 1}')
+    common.update_report(str(other), "sft", {"n": 1}, "## SFT")
+    assert (other / "report.json").read_text() == '{"a": 1}' and "report.json is not" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):
+    """common.py: run_main's KeyboardInterrupt exit status 1 (a shell script, pipeline.sh, cannot tell an
+    interrupted stage from a failed one)."""
+    def main():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        common.run_main(main)
+    assert e.value.code == 130 and "interrupted: the files already written are whole" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_ends_the_script_quietly():
+    """common.py: run_main's BrokenPipeError handler without pointing stdout at /dev/null (the exit's own flush
+    failed again: "Exception ignored ... BrokenPipeError" on stderr and status 120 after `| head`)."""
+    # torch and model.py stubbed: run_main uses neither, and torch takes seconds to import
+    code = ("import sys, types\n"
+            "stub = types.SimpleNamespace(generate_many=None, peek_checkpoint=None)\nstub.distributed = stub\n"
+            "sys.modules.update({'torch': stub, 'torch.distributed': stub, 'model': stub})\n"
+            "import common\ndef main():\n    for _ in range(10**6):\n        print('x' * 100)\ncommon.run_main(main)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 1 and err == b""
+
+
+def test_a_marker_typed_as_text_is_split_as_run_py_splits_it_when_a_piece_crosses_the_split(tmp_path):
+    """tokenizer.py: encode splitting a marker in text as "<|" + "end|>" (still not the marker's id, but no longer
+    run.py's "<" + "|end|>": with a vocabulary that has the piece "<|", as text with "<|" in it teaches, the two
+    encoders disagreed; the world's vocabulary has no such piece, so the parity tests never showed it)."""
+    tok = tokenizer.train_tokenizer(["a <| b |> c"] * 300, str(tmp_path / "t"), 280)
+    assert tok.sp.piece_to_id("<|") != tok.unk_id  # a piece across "<" and the rest
+    pieces = tok.pieces()
+    rtok = run.Tokenizer({"pieces": [p for p, _, _ in pieces], "scores": [s for _, s, _ in pieces],
+                          "types": [k for _, _, k in pieces], "unk_id": tok.unk_id, "bos_id": tok.bos_id,
+                          "eos_id": tok.eos_id}, {"role_ids": tok.role_ids, "end_id": tok.end_id, "content_prefix": " "})
+    for text in ["<|end|>", "x<|user|>y", "say <|assistant|> and <|system|>|end|>"]:
+        assert tok.encode(text) == rtok.encode(text), text
+
+
+def fake_tok(pieces, unk=0, bos=1, eos=2):
+    return type("Tok", (), {"pieces": staticmethod(lambda: pieces), "unk_id": unk, "bos_id": bos, "eos_id": eos})
+
+
+def test_llama2c_refuses_a_tokenizer_without_its_layout_in_one_line():
+    """export.py: llama2c_order without its check of the 256 byte pieces (a KeyError traceback) or of <unk> <s>
+    </s> at 0 1 2 (run.c, which hard-codes them, would have run a model with its special ids swapped)."""
+    head = [("<unk>", 0.0, tokenizer.UNKNOWN), ("<s>", 0.0, tokenizer.CONTROL), ("</s>", 0.0, tokenizer.CONTROL)]
+    byte = [(f"<0x{b:02X}>", 0.0, tokenizer.BYTE) for b in range(256)]
+    words = [("a", -1.0, tokenizer.NORMAL), ("b", -2.0, tokenizer.NORMAL)]
+    assert export.llama2c_order(fake_tok(head + words + byte)) == [0, 1, 2, *range(5, 261), 3, 4]
+    for tok in (fake_tok(head + words + byte[:-1]), fake_tok([head[1], head[0], head[2]] + byte, unk=1, bos=0)):
+        with pytest.raises(ValueError, match="llama2.c needs <unk>, <s>, </s> at ids 0, 1, 2 and 256 byte"):
+            export.llama2c_order(tok)
+
+
+def test_llama2c_max_token_length_counts_bytes_not_characters(tmp_path):
+    """export.py: tokenizer.bin's max_token_length as the longest piece in characters (run.c sizes its merge
+    buffer from it: a piece of 8 Chinese characters is 24 bytes, more than the 13 characters of <|assistant|>,
+    and run.c would write past the buffer; the world's vocabulary is ASCII, where the two agree)."""
+    tok = tokenizer.train_tokenizer(["中文中文中文中文 ab"] * 300, str(tmp_path / "t"), 290)
+    net = tiny_model(tok.vocab_size, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=8)
+    export.write_llama2c(str(tmp_path / "l.bin"), str(tmp_path / "tokenizer.bin"), net, tok)
+    _, _, pieces = read_llama2c(tmp_path / "l.bin", tmp_path / "tokenizer.bin")  # checks max_token_length
+    assert max(len(p.encode()) for p in pieces) > max(len(p) for p in pieces)
+
+
 # -- the benchmark (run by hand: python tests/test_export_run.py) ------------------------------------------
 
 def benchmark(directory="/tmp/twofiles_bench"):

@@ -216,3 +216,19 @@ def test_llama_cpp_chat_uses_the_template_and_stops_at_end(llama, gqa_net, tok):
     markers = {tok.end_id, *tok.role_ids.values()}  # structure, not text: neither shows them in an answer
     assert out["choices"][0]["message"]["content"] == tok.decode([t for t in want if t not in markers])
     assert out["choices"][0]["finish_reason"] == ("stop" if want[-1] == tok.end_id else "length")
+
+
+def test_tensors_of_sizes_off_the_alignment_are_padded_to_it(tok, tmp_path):
+    """export.py: write_gguf's offsets advanced by each tensor's bytes, not rounded up to GGUF_ALIGN, or no padding
+    written after a tensor (a fifth mutation-testing pass). Every tensor of the usual shapes is a multiple of 32
+    bytes, so only a model of dim 20 (a norm of 80 bytes) shows either: misaligned offsets, or data read from
+    the wrong place."""
+    gguf = pytest.importorskip("gguf")
+    net = tiny_model(tok.vocab_size, dim=20, n_heads=2, n_kv_heads=1)
+    reader = gguf.GGUFReader(str(export_gguf(tmp_path, net, tok, stage="base")))
+    sd = net.state_dict()
+    assert any(t.n_bytes % 32 for t in reader.tensors)  # the case the usual shapes never make
+    for t in reader.tensors:
+        w = sd[model_py_name(t.name)]
+        assert t.data_offset % 32 == 0, t.name
+        assert np.array_equal(t.data.reshape(w.shape), w.numpy().astype(t.data.dtype)), t.name

@@ -571,3 +571,195 @@ def test_new_data_flags_name_the_checkpoints_the_new_tokenizer_orphans(tmp_path,
     run(tmp_path, "--max-steps", "1", "--vocab-size", "500")
     out = capsys.readouterr().out
     assert "train a new " in out and "sft.pt there were made with the old one" in out
+
+
+# -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------
+
+def test_data_directories_are_read_recursively_in_sorted_order_without_out_dir_only(tmp_path):
+    """train.py: data_files unsorted (the directory's listing order, which differs between filesystems and
+    copies, so the same --data gave another split); out_dir's prefix without its separator (a sibling out2/
+    beside out/ was left out as if it were out/ itself)."""
+    names = [f"{c}{i}.txt" for i in range(3) for c in "zmab"]  # created in an order that is not sorted
+    for name in names:
+        (tmp_path / name).write_text(f"story of {name}")
+    os.makedirs(tmp_path / "out")
+    os.makedirs(tmp_path / "out2" / "deeper")
+    (tmp_path / "out" / "report.json").write_text('{"pretrain": {}}')
+    names.append(os.path.join("out2", "deeper", "c.txt"))  # in a sibling of out/ whose name starts with "out"
+    (tmp_path / names[-1]).write_text(f"story of {names[-1]}")
+    docs = train.read_documents(str(tmp_path), str(tmp_path / "out"))
+    assert docs == [f"story of {n}" for n in sorted(names)]
+
+
+def test_json_lists_of_strings_or_text_rows_and_jsonl_with_blank_lines(tmp_path):
+    """train.py: the JSON reader without its str rows or its "text" rows (both refused as not a list of
+    stories); the JSONL reader's `if line.strip()` as `if line` (a line of spaces, or a CRLF file's blank line,
+    was a JSON error); values that are not strings (null, a number) a traceback instead of skipped."""
+    (tmp_path / "strings.json").write_text(json.dumps(["First story.", "Second story."]))
+    assert train.read_documents(str(tmp_path / "strings.json")) == ["First story.", "Second story."]
+    (tmp_path / "texts.json").write_text(json.dumps([{"text": "A text."}, {"story": "A story."}]))
+    assert train.read_documents(str(tmp_path / "texts.json")) == ["A text.", "A story."]
+    (tmp_path / "crlf.jsonl").write_bytes(b'{"text": "One."}\r\n\r\n   \r\n{"story": "Two."}\r\n{"text": null}\r\n')
+    assert train.read_documents(str(tmp_path / "crlf.jsonl")) == ["One.", "Two."]
+    (tmp_path / "nulls.json").write_text(json.dumps([{"text": None}, {"story": 3}, "Kept."]))
+    assert train.read_documents(str(tmp_path / "nulls.json")) == ["Kept."]
+
+
+def test_tinystories_txt_documents_are_stripped_of_the_line_breaks_around_the_separator(tmp_path):
+    """train.py: documents not stripped (TinyStories' "\\n<|endoftext|>\\n" left every story in line breaks,
+    which the model then learned to write after BOS and before EOS)."""
+    (tmp_path / "s.txt").write_text("  Tom found a ball.\n<|endoftext|>\nAnn saw a kite.\n\n<|endoftext|>\n")
+    assert train.read_documents(str(tmp_path / "s.txt")) == ["Tom found a ball.", "Ann saw a kite."]
+
+
+def test_one_hundred_documents_hold_out_the_last_whole_one():
+    """train.py: split_documents' `>= 100` as `> 100` (exactly 100 documents were cut inside the last one)."""
+    docs = [f"story {i}\nthe end." for i in range(100)]
+    assert train.split_documents(docs) == (docs[:-1], docs[-1:])
+
+
+def test_the_held_out_text_is_cut_at_a_line_break_only_between_98_and_99_percent():
+    """train.py: the line-break search from 90% of the text (a paragraph break at 95% held out 5%); its start
+    not clamped at 0 (a document starting after the 98% mark: a negative start counts from the string's end); the
+    document holding the mark looked for at 90% (held out up to 10%); the documents after it as docs[i + 2:]."""
+    text = "A" * 500 + "\n" + "B" * 450 + "\n" + "C" * 49  # breaks at 50% and 95%: none in [98%, 99%)
+    train_docs, val_docs = train.split_documents([text])
+    assert train_docs == [text[:990]] and val_docs == [text[990:]]  # cut at the 99% mark itself
+    train_docs, val_docs = train.split_documents(["x" * 982, "ab\ncdefgh", "y" * 9])  # "\n" at 98.4%
+    assert train_docs == ["x" * 982, "ab\n"] and val_docs == ["cdefgh", "y" * 9]
+
+
+class FakeTok:
+    """Just what tokenize_to_file uses: a vocabulary size, BOS and EOS, and a batch encoder (one id per char)."""
+    bos_id, eos_id = 1, 2
+
+    def __init__(self, vocab_size=300):
+        self.vocab_size, self.batches = vocab_size, []
+
+    def encode_batch(self, texts):
+        self.batches.append(len(texts))
+        return [[3 + len(t) % 7] * len(t) for t in texts]
+
+
+def test_token_files_hold_every_document_of_every_batch(tmp_path):
+    """train.py: tokenize_to_file's batch slice [s:s + 4095] (one document in every 4096 silently dropped)."""
+    docs = [f"d{i}" for i in range(5000)]
+    tok = FakeTok()
+    n = train.tokenize_to_file(tok, docs, str(tmp_path / "t.bin"))
+    assert n == sum(len(d) + 2 for d in docs) == len(np.fromfile(tmp_path / "t.bin", dtype=np.uint16))
+    assert tok.batches == [4096, 904]
+
+
+def test_a_65536_token_vocabulary_fits_uint16_token_files(tmp_path):
+    """train.py: the uint16 check `> 2**16` as `>= 2**16` (ids 0..65535 fit; such a vocabulary was refused)."""
+    assert train.tokenize_to_file(FakeTok(2**16), ["ab"], str(tmp_path / "t.bin")) == 4
+    with pytest.raises(ValueError, match="does not fit uint16"):
+        train.tokenize_to_file(FakeTok(2**16 + 1), ["ab"], str(tmp_path / "t.bin"))
+
+
+def fake_prepared(out_dir, args, tok):
+    """out_dir as a data prep left it, without training anything: data.json, a tok.model, empty token files."""
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copy(tok.model_file, out_dir / "tok.model")
+    for name in ("train.bin", "val.bin"):
+        (out_dir / name).write_bytes(b"")
+    (out_dir / "data.json").write_text(json.dumps({"source": train.data_source(args), "train_tokens": 1}))
+
+
+def test_other_world_flags_or_a_missing_val_bin_prepare_the_data_again(tmp_path, tok):
+    """train.py: data_source without world_seed or world_people (another world reused the old world's tokens);
+    prepared() not checking val.bin (a deleted val.bin was "reused": a traceback from np.memmap)."""
+    args = train.get_args(["--out-dir", str(tmp_path), "--world-people", "12", "--world-seed", "7"])
+    fake_prepared(tmp_path, args, tok)
+    assert train.prepared(args) is not None
+    for flags in (["--world-seed", "8", "--world-people", "12"], ["--world-seed", "7", "--world-people", "13"]):
+        assert train.prepared(train.get_args(["--out-dir", str(tmp_path), *flags])) is None, flags
+    os.remove(tmp_path / "val.bin")
+    assert train.prepared(args) is None
+
+
+def test_a_data_json_from_before_file_stamps_and_fingerprints_is_still_reused(tmp_path, tok):
+    """train.py: prepared() comparing an older data.json's source as it is (no "files" or "tokenizer_from" key:
+    never equal, so the data was prepared again with a new tok.model, orphaning the checkpoints), or requiring
+    the tokenizer fingerprint that older data.json files lack."""
+    (tmp_path / "a.txt").write_text("Tom found a ball.")
+    args = train.get_args(["--out-dir", str(tmp_path / "out"), "--data", str(tmp_path / "a.txt")])
+    fake_prepared(tmp_path / "out", args, tok)
+    meta = json.loads((tmp_path / "out" / "data.json").read_text())
+    del meta["source"]["files"], meta["source"]["tokenizer_from"]
+    (tmp_path / "out" / "data.json").write_text(json.dumps(meta))
+    assert train.prepared(args) == meta
+
+
+def test_the_orphan_note_names_only_the_checkpoints_a_new_tokenizer_orphans(tmp_path, tok, monkeypatch):
+    """train.py: the note without `f != "base.pt"` (it named base.pt, which this very run writes anew) or
+    without `src is None` (it spoke under --init, which keeps the tokenizer)."""
+    monkeypatch.setattr(train, "train_tokenizer", lambda *a: tok)  # the prep without training a tokenizer
+    out = tmp_path / "out"
+    os.makedirs(out)
+    shutil.copy(tok.model_file, out / "tok.model")
+    for name in ("base.pt", "sft.pt"):
+        (out / name).write_bytes(b"")
+    args = train.get_args(["--out-dir", str(out), "--world-people", "12", "--world-seed", "7"])
+    logs = []
+    train.prepare_data(args, logs.append)
+    note = next(line for line in logs if line.startswith("note:"))
+    assert "sft.pt there were made" in note and "base.pt" not in note
+    os.remove(out / "data.json")
+    os.makedirs(tmp_path / "init")
+    shutil.copy(tok.model_file, tmp_path / "init" / "tok.model")  # --init keeps its tokenizer: nothing orphaned
+    args = train.get_args(["--out-dir", str(out), "--world-people", "12", "--world-seed", "7",
+                           "--init", str(tmp_path / "init" / "start.pt")])
+    logs = []
+    train.prepare_data(args, logs.append)
+    assert not [line for line in logs if line.startswith("note:")] and "tokenizing with" in logs[0]
+
+
+# -- GracefulStop (common.py) ----------------------------------------------------------------------------------
+
+def test_the_stop_handlers_are_given_back_after_a_loop_that_ran_to_its_end():
+    """common.py: GracefulStop.__exit__ without give_back() (after a finished loop Ctrl-C only set a flag no one
+    read: the exam and the dreams could not be interrupted)."""
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    with common.GracefulStop() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop.request
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+def test_an_error_inside_the_loop_is_not_taken_for_a_second_ctrl_c():
+    """common.py: `aborted = kind is not None` (any exception in the loop, a full disk, a bug, was swallowed and
+    reported as "stopped without saving")."""
+    with pytest.raises(ValueError, match="a bug"):
+        with common.GracefulStop():
+            raise ValueError("a bug")
+
+
+def test_a_handler_set_outside_python_is_given_back_as_the_default(monkeypatch):
+    """common.py: give_back passing None on (signal.signal(s, None) is a TypeError; None is what getsignal
+    reports for a handler installed by C code)."""
+    calls = []
+    monkeypatch.setattr(common.signal, "signal", lambda s, h: calls.append((s, h)))  # "previous": None
+    with common.GracefulStop():
+        pass
+    assert calls[2:] == [(signal.SIGINT, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL)]
+
+
+@pytest.mark.parametrize("sig, name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_the_first_signal_says_the_run_stops_after_this_step(sig, name, monkeypatch, capsys):
+    """common.py: the message's RANK test inverted (a single process said nothing: the user pressed Ctrl-C
+    and saw no sign of it until the step ended)."""
+    monkeypatch.delenv("RANK", raising=False)
+    with common.GracefulStop() as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.requested
+    assert f"{name}: stopping after this step to save it" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_in_the_last_step_still_saves_nothing_and_exits_130():
+    """common.py: exit_if_stopped returning whenever `finished` (a run aborted in its last step went on to the
+    exam and exited 0 as if it had finished, with nothing saved)."""
+    stop, saved, logs = common.GracefulStop(), [], []
+    stop.aborted = True
+    with pytest.raises(SystemExit) as e:
+        stop.exit_if_stopped(10, True, lambda: saved.append(1), "out/base.pt", logs.append)
+    assert e.value.code == 130 and not saved and "stopped without saving" in logs[0]
