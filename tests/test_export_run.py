@@ -730,21 +730,6 @@ def test_a_system_message_must_leave_half_the_context(pairs, capsys):
     assert "--system message is too long" in str(e.value.code)
 
 
-def test_a_broken_character_at_the_end_of_the_output_is_shown_as_sentencepiece_shows_it(capsys):
-    """run.py: Printer's decoder never told the output is final (the bytes of an unfinished character at the end
-    of an answer were never shown; sentencepiece decodes each to U+FFFD)."""
-    data = "a中".encode()[:-1]  # the last character cut after its second byte
-
-    class Bytes:  # id i is the i-th byte
-        def piece_bytes(self, i):
-            return data[i:i + 1]
-    out = run.Printer(Bytes())
-    for i in range(len(data)):
-        out.write([i])
-    out.write([], final=True)
-    assert capsys.readouterr().out == "a\ufffd\ufffd"
-
-
 def test_tokens_per_second_add_up_over_a_chats_turns(monkeypatch, capsys):
     """run.py: Stats.timed setting its seconds instead of adding them (a chat's tok/s: every turn's tokens over the
     last turn's time)."""
