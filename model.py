@@ -88,9 +88,9 @@ def apply_rotary_emb(x, cos, sin):
     """Rotate consecutive pairs (x0, x1), (x2, x3), ... as Meta's release does with complex numbers
     (RoFormer, Su et al. 2021): (x0 cos - x1 sin, x1 cos + x0 sin). x is (B, T, nh, hs); cos, sin are
     (T, hs) from rope_pairs. Written as x * cos + (x with each pair swapped) * (-sin, sin): the same floats,
-    forward and backward, as rotating x0 and x1 apart and stacking the results (tested), in 0.6x the time in a
-    training step and 0.45-0.7x in a sampling step (measured at the built-in world's shape; swapping by
-    stack is 2.5x faster than by flip)."""
+    forward and backward, as rotating x0 and x1 apart and stacking the results (tested); a call takes 0.6x the
+    time at a training step's shape (forward and backward) and 0.45-0.7x at a sampling step's (measured at the
+    built-in world's shape; swapping by stack is 2.5x faster than by flip)."""
     xf = x.float()
     x0, x1 = xf.unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, nh, hs/2) each
     swapped = torch.stack((x1, x0), -1).flatten(-2)  # (x1, x0, x3, x2, ...)
