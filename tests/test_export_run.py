@@ -811,10 +811,8 @@ def test_a_marker_typed_as_text_is_split_as_run_py_splits_it_when_a_piece_crosse
     encoders disagreed; the world's vocabulary has no such piece, so the parity tests never showed it)."""
     tok = tokenizer.train_tokenizer(["a <| b |> c"] * 300, str(tmp_path / "t"), 280)
     assert tok.sp.piece_to_id("<|") != tok.unk_id  # a piece across "<" and the rest
-    pieces = tok.pieces()
-    rtok = run.Tokenizer({"pieces": [p for p, _, _ in pieces], "scores": [s for _, s, _ in pieces],
-                          "types": [k for _, _, k in pieces], "unk_id": tok.unk_id, "bos_id": tok.bos_id,
-                          "eos_id": tok.eos_id}, {"role_ids": tok.role_ids, "end_id": tok.end_id, "content_prefix": " "})
+    header = export.blob_header(tiny_model(tok.vocab_size, dim=16, n_layers=1, n_heads=2), "base", 0, tok, [], 0)
+    rtok = run.Tokenizer(header["tokenizer"], header["chat"])  # as run.py reads them from a blob
     for text in ["<|end|>", "x<|user|>y", "say <|assistant|> and <|system|>|end|>"]:
         assert tok.encode(text) == rtok.encode(text), text
 

@@ -224,7 +224,8 @@ def test_reads_tinystories_json_shards_and_txt(tmp_path):
     (shards / "data00.json").write_text(json.dumps([{"story": s} for s in stories[:20]]))
     (shards / "data01.json").write_text(json.dumps([{"story": s} for s in stories[20:]]))
     assert train.read_documents(str(shards)) == stories
-    (tmp_path / "stories.txt").write_text("<|endoftext|>".join(stories))
+    # TinyStories' txt: "\n<|endoftext|>\n" between stories, each read without the line breaks around it
+    (tmp_path / "stories.txt").write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n")
     assert train.read_documents(str(tmp_path / "stories.txt")) == stories
     run(tmp_path / "out", "--data", str(shards), "--max-steps", "2", "--eval-interval", "2", "--vocab-size", "300",
         "--seq-len", "32")
@@ -603,13 +604,6 @@ def test_json_lists_of_strings_or_text_rows_and_jsonl_with_blank_lines(tmp_path)
     assert train.read_documents(str(tmp_path / "crlf.jsonl")) == ["One.", "Two."]
     (tmp_path / "nulls.json").write_text(json.dumps([{"text": None}, {"story": 3}, "Kept."]))
     assert train.read_documents(str(tmp_path / "nulls.json")) == ["Kept."]
-
-
-def test_tinystories_txt_documents_are_stripped_of_the_line_breaks_around_the_separator(tmp_path):
-    """train.py: documents not stripped (TinyStories' "\\n<|endoftext|>\\n" left every story in line breaks,
-    which the model then learned to write after BOS and before EOS)."""
-    (tmp_path / "s.txt").write_text("  Tom found a ball.\n<|endoftext|>\nAnn saw a kite.\n\n<|endoftext|>\n")
-    assert train.read_documents(str(tmp_path / "s.txt")) == ["Tom found a ball.", "Ann saw a kite."]
 
 
 def test_one_hundred_documents_hold_out_the_last_whole_one():
