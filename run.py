@@ -16,6 +16,7 @@ name (a parity test keeps the two in step), with a KV cache:
 import argparse
 import codecs
 import heapq
+import itertools
 import json
 import math
 import mmap
@@ -245,19 +246,22 @@ class Tokenizer:
             pos = m.end()
         return ids + self.bpe(text[pos:])
 
+    def is_control(self, i):
+        """<s>, </s> (or an id outside the vocabulary): shown as nothing, and a break between the bytes on its two
+        sides, which sentencepiece decodes apart (<0xC3></s><0xA8> is two U+FFFD, not the "è" of <0xC3><0xA8>)."""
+        return not 0 <= i < len(self.types) or self.types[i] == CONTROL
+
     def piece_bytes(self, i):
-        """The bytes one id stands for: its byte, its piece with U+2581 back to spaces, or nothing (control)."""
-        kind = self.types[i] if 0 <= i < len(self.types) else CONTROL
-        if kind == BYTE:
+        """The bytes one id that is not a control token stands for: its byte, or its piece with U+2581 back to spaces."""
+        if self.types[i] == BYTE:
             return bytes([int(self.pieces[i][3:5], 16)])
-        if kind == CONTROL:
-            return b""
-        if kind == UNKNOWN:
+        if self.types[i] == UNKNOWN:
             return " \u2047 ".encode()  # sentencepiece's surface for <unk>
         return self.pieces[i].replace("\u2581", " ").encode()
 
     def decode(self, ids):
-        return replace_bad_bytes(b"".join(self.piece_bytes(i) for i in ids).decode("utf-8", "surrogateescape"))
+        return "".join(replace_bad_bytes(b"".join(map(self.piece_bytes, run)).decode("utf-8", "surrogateescape"))
+                       for control, run in itertools.groupby(ids, self.is_control) if not control)
 
 
 def replace_bad_bytes(text):
@@ -449,7 +453,10 @@ class Printer:
         self.skip, self.head = skip, ""  # head: the text held back while it may still be the prefix
 
     def write(self, ids, final=False):
-        text = replace_bad_bytes(self.utf8.decode(b"".join(self.tok.piece_bytes(i) for i in ids), final=final))
+        text = ""
+        for control, run in itertools.groupby(ids, self.tok.is_control):  # a control token ends a broken character
+            text += self.utf8.decode(b"" if control else b"".join(map(self.tok.piece_bytes, run)), final=control)
+        text = replace_bad_bytes(text + self.utf8.decode(b"", final=final))
         if self.skip:  # hold text back until it is known whether it starts with the prefix
             self.head += text
             if len(self.head) < len(self.skip) and self.skip.startswith(self.head) and not final:

@@ -177,6 +177,28 @@ def test_encoder_and_decoder_on_tricky_strings(tok, rtok):
         assert rtok.decode(ids) == tok.decode(ids), broken  # one U+FFFD per byte, as sentencepiece writes
 
 
+def test_a_control_token_keeps_the_bytes_on_its_two_sides_apart_as_sentencepiece_does(tok, rtok, capsys):
+    """<0xC3></s><0xA8> is two U+FFFD in sentencepiece, not the "è" of <0xC3><0xA8>: decode and the streaming
+    Printer both end a broken character at <s> or </s>; random sequences of byte, control, marker and word ids
+    decode as sentencepiece decodes them."""
+    byte = {int(p[3:5], 16): i for i, (p, _, k) in enumerate(tok.pieces()) if k == tokenizer.BYTE}
+    C3, A8 = byte[0xC3], byte[0xA8]
+    for ids, want in (([C3, A8], "è"), ([C3, tok.eos_id, A8], "\ufffd\ufffd"), ([C3, tok.bos_id, A8], "\ufffd\ufffd"),
+                      ([byte[0xE4], byte[0xB8], tok.eos_id, byte[0xAD]], "\ufffd" * 3)):
+        assert tok.decode(ids) == rtok.decode(ids) == want, ids
+        out = run.Printer(rtok)
+        for i in ids:
+            out.write([i])
+        out.write([], final=True)
+        assert capsys.readouterr().out == want, ids
+    rng = random.Random(0)
+    pool = [*(byte[b] for b in (0xC3, 0xA8, 0xE4, 0xB8, 0xAD, 0xF0, 0x9F, 0x98, 0x80, 0x41)), tok.bos_id, tok.eos_id,
+            tok.unk_id, tok.end_id, *tok.encode(" Anna")]
+    for _ in range(2000):
+        ids = [rng.choice(pool) for _ in range(rng.randint(1, 8))]
+        assert rtok.decode(ids) == tok.decode(ids), ids
+
+
 def test_chat_rendering_equals_render_chat(tok, rtok, tiny_world):
     conversations = world.sft_conversations(tiny_world)[:40]
     conversations.append([{"role": "system", "content": "Be brief. <|end|> is a token"},
@@ -227,6 +249,9 @@ def test_chat_output_leaves_out_the_content_prefix_once(chunks, shown, capsys):
     class Pieces:  # each id is the index of a chunk
         def piece_bytes(self, i):
             return chunks[i].encode()
+
+        def is_control(self, i):
+            return False
     out = run.Printer(Pieces(), skip=tokenizer.CONTENT_PREFIX)
     for i in range(len(chunks)):
         out.write([i])

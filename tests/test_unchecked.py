@@ -105,6 +105,9 @@ def test_printer_shows_a_character_split_over_byte_tokens_once_whole(data, shown
     class Bytes:  # id i is the i-th byte
         def piece_bytes(self, i):
             return data[i:i + 1]
+
+        def is_control(self, i):
+            return False
     out = run.Printer(Bytes())
     for i in range(len(data)):
         out.write([i])
