@@ -154,6 +154,29 @@ def test_generate_with_the_cache_is_greedy_over_the_full_forward():
     assert out == seq[3:]
 
 
+def test_training_and_sampling_run_under_bf16_autocast():
+    """On a GPU, train.py and sft.py train and sample under bf16 autocast (common.autocast), which no CI machine
+    has; the CPU's autocast stands in for it. The dtypes meet everywhere (bf16 keys and queries beside the float32
+    KV cache, RMSNorm in float32), the loss is float32 and near float32's, every weight gets a finite float32
+    gradient, and decoding with the cache gives the full forward's logits to bf16's precision."""
+    m = tiny()
+    x = torch.randint(0, 64, (2, 20))
+    want = model.lm_loss(m(x[:, :-1]), x[:, 1:]).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(x[:, :-1])
+        loss = model.lm_loss(logits, x[:, 1:])
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and abs(loss.item() - want) < 0.02
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in m.parameters())
+    m.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = KVCache(m.args, 2, "cpu", torch.float32)
+        steps = torch.cat([m(x[:, :12], 0, cache)] + [m(x[:, t:t + 1], t, cache) for t in range(12, 20)], 1)
+        full = m(x)
+        out = model.generate(m, x[:, :5], 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert (steps.float() - full.float()).abs().max() < 0.05 and [len(o) for o in out] == [8, 8]
+
+
 def test_weight_decay_only_on_matrices():
     m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32, reward_head=True))
     decay, no_decay = model.configure_optimizer(m, 1e-3, 0.1, (0.9, 0.95), "cpu").param_groups
