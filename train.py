@@ -155,8 +155,13 @@ def prepared(args):
     meta_path = os.path.join(args.out_dir, "data.json")
     if not os.path.exists(meta_path):
         return None
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except ValueError as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ValueError(f"{meta_path} is damaged ({str(e)[:80]}): delete it, and the data is prepared again") from None
     source = data_source(args)
     recorded = {"files": source["files"], "tokenizer_from": None, **meta.get("source", {})}  # an older data.json
     if args.resume:  # --init is not restored on a resume; load_checkpoint checks the tokenizer instead
@@ -292,7 +297,8 @@ def get_args(argv=None):
     p.add_argument("--n-heads", type=int, help=preset_help("attention heads", "n_heads"))
     p.add_argument("--n-kv-heads", type=int, help=preset_help("key/value heads (fewer than n-heads: grouped-query)", "n_kv_heads"))
     p.add_argument("--vocab-size", type=int, help=preset_help("BPE vocabulary size to train", "vocab_size"))
-    p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len)", "seq_len"))
+    p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len; with --init, the "
+                                                           "checkpoint's unless given)", "seq_len"))
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout rate (default 0; with --init or --resume, the checkpoint's unless given)")
     # optimisation
@@ -328,13 +334,16 @@ def get_args(argv=None):
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
     if args.init and typed_shape:
         p.error(f"--init trains the checkpoint's own shape: leave out {', '.join(typed_shape)}")
-    if args.init and args.vocab_size is not None:  # typed: but the run keeps the checkpoint's tokenizer
+    if args.init:
         try:
-            vocab = peek_checkpoint(args.init)["model_args"]["vocab_size"]
+            init_args = dict(peek_checkpoint(args.init)["model_args"])
         except Exception:  # no readable checkpoint: main() says so
-            vocab = args.vocab_size
-        if vocab != args.vocab_size:
+            init_args = {}
+        vocab = init_args.get("vocab_size", args.vocab_size)
+        if args.vocab_size is not None and vocab != args.vocab_size:  # typed: but the run keeps its tokenizer
             p.error(f"--init keeps its checkpoint's tokenizer ({vocab} tokens): leave out --vocab-size")
+        if args.seq_len is None:  # the context it was trained at, not the preset's (which may be longer)
+            args.seq_len = init_args.get("max_seq_len")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -369,7 +378,10 @@ def model_args(args, vocab_size, dropout=0.0):
 def bench(args, device, dtype):
     """Training throughput at a model shape, on random tokens: what llama2.c's train.py is compared with."""
     torch.manual_seed(args.seed)
-    model = Transformer(model_args(args, args.vocab_size)).to(device)
+    try:
+        model = Transformer(model_args(args, args.vocab_size)).to(device)
+    except ValueError as e:  # a bad shape (dim not a multiple of n_heads, ...)
+        common.fail(e)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     train_model = torch.compile(model) if args.compile else model
     x = torch.randint(args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
@@ -410,8 +422,8 @@ def main(argv=None):
                              "would be read back as text; give a subdirectory or another directory")
         if args.resume:  # (without it, the flags fell back to the defaults and the data check spoke first)
             require_checkpoint(ckpt_path)
-        if args.init:
-            require_checkpoint(args.init)
+        if args.init:  # its stage and weights, before the data prep (its tokenizer is checked after it)
+            load_checkpoint(args.init, "cpu", stages=("base", "sft", "rlhf"))
             # the run keeps the checkpoint's tokenizer: another tok.model in OUT_DIR would be replaced, and every
             # checkpoint made with it orphaned
             here, src = os.path.join(args.out_dir, "tok.model"), init_tokenizer(args)

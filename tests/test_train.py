@@ -188,7 +188,8 @@ def test_bad_vocab_and_corrupt_resume_keep_the_checkpoint(tmp_path, capsys):
     tok = (out / "tok.model").read_bytes()
     for argv, why in (([*TINY, "--init", str(out / "base.pt")], "--init trains the checkpoint's own shape"),
                       ([*no_shape, "--vocab-size", "500", "--init", str(out / "none.pt")], "no checkpoint at"),
-                      ([*TINY, "--dim", "30", "--vocab-size", "500"], "bad shape: dim 30")):
+                      ([*TINY, "--dim", "30", "--vocab-size", "500"], "bad shape: dim 30"),
+                      ([*TINY, "--dim", "30", "--bench", "1"], "bad shape: dim 30")):  # was a traceback
         with pytest.raises(SystemExit) as e:  # before the data prep, which would replace tok.model
             train.main(["--out-dir", str(out), *argv])
         assert why in str(e.value.code) + capsys.readouterr().err
@@ -206,6 +207,11 @@ def test_a_swapped_tok_model_is_not_trusted_with_the_old_token_files(tmp_path, c
     assert "different data, vocab or tok.model" in str(e.value.code)
     run(a, "--max-steps", "1", "--exam-items", "0")  # a fresh run prepares the data again
     assert "training the tokenizer" in capsys.readouterr().out
+    for damaged in ("{oops", "[]"):  # was json's own message, naming no file (or a traceback)
+        (a / "data.json").write_text(damaged)
+        with pytest.raises(SystemExit) as e:
+            run(a, "--max-steps", "1", "--exam-items", "0")
+        assert f"{a / 'data.json'} is damaged" in str(e.value.code)
 
 
 def test_resume_from_another_directory_finds_the_same_data(tmp_path, monkeypatch):
@@ -449,6 +455,11 @@ def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_pat
     with pytest.raises(SystemExit) as e:  # a reward head DDP would find unused, carried into base.pt and SFT
         train.main(["--out-dir", str(tmp_path / "w"), "--init", str(tmp_path / "w" / "rm.pt")])
     assert "is a 'rm' checkpoint; expected base or sft or rlhf" in str(e.value.code)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for bad, why in ((tmp_path / "junk.pt", "not a readable twofiles checkpoint"), (tmp_path / "w" / "rm.pt", "'rm'")):
+        with pytest.raises(SystemExit) as e:  # refused before the data prep, whose tok.model then blocked the right
+            train.main(["--out-dir", str(tmp_path / "fresh"), "--init", str(bad)])  # --init in that OUT_DIR
+        assert why in str(e.value.code) and not os.path.exists(tmp_path / "fresh")
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path / "w"), "--init", str(start), "--vocab-size", "500"])
     assert e.value.code == 2 and "leave out --vocab-size" in capsys.readouterr().err
@@ -463,6 +474,9 @@ def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_pat
     train.main(["--out-dir", str(tmp_path / "ft"), "--init", str(start), *flags])  # the world model reads stories
     assert (tmp_path / "ft" / "tok.model").read_bytes() == (tmp_path / "w" / "tok.model").read_bytes()
     assert torch.load(tmp_path / "ft" / "base.pt", weights_only=True)["step"] == 2
+    train.main(["--out-dir", str(tmp_path / "ctx"), "--init", str(start), *flags[:4], "--batch-size", "4",
+                "--exam-items", "0"])  # no --seq-len: the checkpoint's 64, not the preset's 256 (which it refused)
+    assert torch.load(tmp_path / "ctx" / "base.pt", weights_only=True)["args"]["seq_len"] == 64
     capsys.readouterr()
     train.main(["--out-dir", str(tmp_path / "ft"), *flags, "--vocab-size", "300"])  # a new model: its own tokenizer
     assert "training the tokenizer" in capsys.readouterr().out
