@@ -60,9 +60,38 @@ def default_checkpoint(out_dir="out"):
                                 "train one with train.py, or pass --ckpt")
 
 
+def made_by_export(path):
+    """Whether the file at `path` is one an export writes, the only kind --out replaces: a blob or a GGUF file
+    (their magic), or llama2.c's model (its seven int32s give its size exactly) or tokenizer.bin (its records fill
+    it exactly). Anything else may be someone's data (comparisons.jsonl holds a person's labels)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(28)
+        if head.startswith((MAGIC, GGUF_MAGIC)):
+            return True
+        if len(head) == 28:  # write_llama2c's layout
+            dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", head)
+            if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) > 0 and vocab and dim % n_heads == 0:
+                kv = n_kv * (dim // n_heads)
+                floats = (abs(vocab) * dim * (1 if vocab > 0 else 2) + dim + seq_len * (dim // n_heads)
+                          + n_layers * (2 * dim + 2 * dim * dim + 2 * kv * dim + 3 * hidden * dim))
+                if 28 + 4 * floats == size:
+                    return True
+        f.seek(0)  # write_llama2c's tokenizer.bin: max_token_length, then (score, length, bytes) to the end
+        longest, at = (struct.unpack("<i", head[:4])[0] if len(head) >= 4 else -1), 4
+        while 0 <= longest and at + 8 <= size:
+            f.seek(at + 4)
+            n = struct.unpack("<i", f.read(4))[0]
+            if not 0 < n <= longest:
+                return False
+            at += 8 + n
+        return longest >= 0 and at == size > 4
+
+
 def check_out_path(out, inputs):
     """Refuse an output path whose replacement would destroy something: a directory, a device or other
-    special file, one of the export's inputs, a checkpoint, tokenizer or report (an easy slip: --out for --ckpt)."""
+    special file, one of the export's inputs, a checkpoint, tokenizer or report (an easy slip: --out for --ckpt),
+    or any existing file an export did not write."""
     if not out or out.endswith(os.sep):
         raise ValueError(f"--out {out!r} names no file: name one, e.g. out/model.bin")
     parent = os.path.dirname(os.path.abspath(out))
@@ -79,6 +108,9 @@ def check_out_path(out, inputs):
             or os.path.basename(out) in ("report.md", "report.json", "train.bin", "val.bin", "data.json")):
         raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer, token file or report; write to a new "
                          "name, e.g. model.bin")
+    if os.path.exists(out) and not made_by_export(out):
+        raise ValueError(f"--out {out} would overwrite a file that is not an export (a blob, GGUF or llama2.c file); "
+                         "write to a new name, e.g. model.bin")
 
 
 def load(ckpt_path, tok_path):
@@ -207,7 +239,7 @@ def write_llama2c(path, tok_path, net, tok):
 #   tensor infos: string name | u32 n_dims | u64 dims, fastest-varying first | u32 ggml type | u64 offset
 #   zero padding to the alignment | the tensor data, each tensor at its offset from here, aligned
 
-GGUF_VERSION, GGUF_ALIGN = 3, 32  # 32 is the default alignment; written out anyway as general.alignment
+GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGN = b"GGUF", 3, 32  # 32 is the default alignment; written out anyway as general.alignment
 U32, I32, F32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9  # GGUF value types (gguf_metadata_value_type)
 GGML_F32, GGML_F16 = 0, 1  # ggml tensor types
 SCALAR = {U32: "<I", I32: "<i", F32: "<f", BOOL: "<?"}
@@ -306,7 +338,7 @@ def gguf_tensors(net):
 def write_gguf(path, net, stage, tok):
     """The GGUF file: header, key/values, tensor infos, then the aligned tensor data."""
     metadata, tensors = gguf_metadata(net, stage, tok), gguf_tensors(net)
-    head = [b"GGUF", struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(metadata))]
+    head = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(metadata))]
     for key, kind, value in metadata:
         head += [gguf_value(STRING, key), struct.pack("<I", kind), gguf_value(kind, value)]
     offset = 0
@@ -391,6 +423,9 @@ def main(argv=None):
         if args.format == "llama2c" and os.path.basename(out) == "tokenizer.bin":
             raise ValueError(f"--out {out}: llama2c writes its tokenizer to tokenizer.bin beside the model; "
                              "give the model another name, e.g. llama2c.bin")
+        if out.endswith(".gguf") != (args.format == "gguf"):  # run.py cannot read a GGUF file, nor llama.cpp a blob
+            raise ValueError(f"--out {out} does not match --format {args.format}: --format gguf writes a .gguf file, "
+                             "and only it")
         for path in [out] + [tok_out] * (args.format == "llama2c"):
             check_out_path(path, [ckpt, tok_path])
         written = out

@@ -690,6 +690,35 @@ def test_llama2c_export_holds_the_same_model(tied, tok, tmp_path):
     assert np.abs(got[:, new_of_old] - want).max() < 1e-3
     assert all(pieces[new_of_old[i]].replace(" ", "\u2581") == p for i, (p, _, k) in enumerate(tok.pieces())
                if k in (tokenizer.NORMAL, tokenizer.USER_DEFINED))
+    assert export.made_by_export(tmp_path / "l.bin") and export.made_by_export(tmp_path / "tokenizer.bin")
+    call_main(export, [str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "l.bin")], ckpt_flag=True)
+
+
+def test_out_replaces_only_a_file_an_export_wrote(tok, tmp_path):
+    """export.py overwrote any file --out named but a few (comparisons.jsonl, a person's labels, became a blob), and
+    wrote a blob under a .gguf name. Now an existing file is replaced only when it is a blob, a GGUF file or a
+    llama2.c model or tokenizer (recognised by their layout: a file one byte longer or shorter is not)."""
+    model.save_checkpoint(str(tmp_path / "base.pt"), tiny_model(tok.vocab_size), stage="base")
+    shutil.copy(tok.model_file, tmp_path / "tok.model")
+    labels = '{"prompt": "Where does Anna live?", "chosen": "In Dunmore.", "rejected": "Red."}\n'
+    for name in ("comparisons.jsonl", "rl_curve.jsonl", "notes"):
+        (tmp_path / name).write_text(labels)
+        with pytest.raises(SystemExit) as e:
+            call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--out", str(tmp_path / name)])
+        assert "not an export" in str(e.value.code) and (tmp_path / name).read_text() == labels
+    for argv in (["--out", str(tmp_path / "chat.gguf")], ["--format", "gguf", "--out", str(tmp_path / "chat.bin")]):
+        with pytest.raises(SystemExit) as e:
+            call_main(export, ["--ckpt", str(tmp_path / "base.pt"), *argv])
+        assert "does not match --format" in str(e.value.code) and not os.path.exists(argv[-1])
+    for fmt, name in (("blob", "m.bin"), ("gguf", "m.gguf"), ("llama2c", "l.bin")):
+        call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", fmt, "--out", str(tmp_path / name)])
+        call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", fmt, "--out", str(tmp_path / name)])
+        assert export.made_by_export(tmp_path / name)
+    for name in ("l.bin", "tokenizer.bin"):  # layouts, not names: cut or lengthened, neither is llama2.c's
+        data = (tmp_path / name).read_bytes()
+        for changed in (data[:-1], data + b"\0"):
+            (tmp_path / "x").write_bytes(changed)
+            assert not export.made_by_export(tmp_path / "x")
 
 
 # -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------
