@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 import world as world_lib
-from model import generate_many, peek_checkpoint
+from model import ContextError, generate_many, peek_checkpoint
 from tokenizer import render_chat
 
 STAGE_ORDER = ["pretrain", "sft", "rm", "rlhf", "runtime", "arena"]
@@ -355,9 +355,12 @@ def run_main(main):
     a temp file and a rename, so what exists on disk is whole, except: tok.model (written by sentencepiece, or
     copied from beside an --init checkpoint; data.json, written last, vouches for it) and --label's comparisons
     (appended a line at a time, so a stopped session keeps every answer given). A reader that stops reading
-    (`| head`) ends the script quietly."""
+    (`| head`) ends the script quietly; a prompt the model's context cannot hold (a model trained with a short
+    --seq-len, asked the world's questions by rlhf.py or arena.py) is a one-line error."""
     try:
         main()
+    except ContextError as e:
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("\ninterrupted: the files already written are whole; the work under way was dropped", file=sys.stderr)
         sys.exit(130)

@@ -310,7 +310,8 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=N
     B, T = prompt.shape
     max_new_tokens = min(max_new_tokens, model.args.max_seq_len - T)
     if max_new_tokens <= 0:
-        raise ValueError(f"prompt of {T} tokens leaves no room in max_seq_len {model.args.max_seq_len}")
+        raise ContextError(f"a prompt of {T} tokens leaves no room in the model's context of "
+                           f"{model.args.max_seq_len} (its max_seq_len, train.py's --seq-len)")
     was_training = model.training
     model.eval()
     cache = KVCache(model.args, B, prompt.device, model.tok_embeddings.weight.dtype, T + max_new_tokens)
@@ -361,6 +362,10 @@ def unwrap(model):
             model = model._orig_mod
         else:
             return model
+
+
+class ContextError(ValueError):
+    """A prompt that leaves no room in the model's context (max_seq_len) for a new token."""
 
 
 class CheckpointError(ValueError):

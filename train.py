@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 import world as world_lib
-from model import (CheckpointError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
+from model import (CheckpointError, ContextError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
                    load_checkpoint, load_optimizer_state, lm_loss, peek_checkpoint, require_checkpoint,
                    save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
@@ -568,16 +568,22 @@ def main(argv=None):
 
     # the exam
     model.eval()
-    log("exam: validation loss, fact recall, Q/A-framed answers, dreams ...", flush=True)
+    world_exam = not args.data and args.exam_items > 0  # (the world's questions mean nothing to a model of your text)
+    log("exam: validation loss" + (", fact recall, Q/A-framed answers" if world_exam else "") + ", dreams ...", flush=True)
     val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, 4 * args.eval_batches, device, ctx)
     metrics = {"val_loss": round(val_loss, 4), "fact_recall": None, "qa_framed": None, "steps": step,
                "params": model.num_params(), "train_tokens": meta["train_tokens"], "seed": args.seed}
     lines = ["## Pretraining (`python train.py`)", "",
              f"{model.num_params() / 1e6:.2f}M parameters, {step} steps x {tokens_per_step:,} tokens, "
              f"seed {args.seed}, on {device}.", "", f"- validation loss: **{val_loss:.3f}**"]
-    if not args.data and args.exam_items > 0:
-        world = world_lib.make_world(args.world_people, args.world_seed)
-        recall, bare, qa, examples = pretrain_exam(model, tok, world, args.exam_items)
+    exam = None
+    if world_exam:
+        try:
+            exam = pretrain_exam(model, tok, world_lib.make_world(args.world_people, args.world_seed), args.exam_items)
+        except ContextError as e:  # a --seq-len too short for the world's questions: the rest of the report still
+            log(f"note: no recall or Q/A exam: {e}")
+    if exam:
+        recall, bare, qa, examples = exam
         metrics.update(fact_recall=round(recall, 4), fact_recall_bare=round(bare, 4), qa_framed=round(qa, 4))
         lines += [f"- fact recall by completion of a bio page (\"People of the valley: Anna Ward\\n\\nAnna Ward "
                   f"lives in\"): **{recall:.1%}**; of the bare sentence, with no page around it: {bare:.1%}",

@@ -342,3 +342,25 @@ def test_the_step_log_splits_the_loss_into_chat_and_pretraining_text(tmp_path, b
     m = re.search(r"\| loss ([0-9.]+) \|.*\| loss = chat ([0-9.]+) \+ pretraining text ([0-9.]+) \|",
                   capsys.readouterr().out)
     assert m and abs(float(m[1]) - float(m[2]) - float(m[3])) < 2e-3 and float(m[3]) > 0
+
+
+def test_a_context_too_short_for_the_worlds_questions(tmp_path, capsys):
+    """A model trained with --seq-len 16 cannot be asked the world's questions (longer than that): train.py and
+    sft.py write their reports without that exam and say why; rlhf.py and arena.py stop with one line. All four
+    ended in a traceback from model.generate."""
+    import arena
+    import common
+    import rlhf
+    out = str(tmp_path)
+    train.main(["--out-dir", out, *TINY_BASE[:12], "--seq-len", "16", "--batch-size", "4", "--max-steps", "2",
+                "--exam-items", "4"])
+    sft.main(["--out-dir", out, "--conversations", "40", "--epochs", "1", "--exam-items", "4"])
+    log = capsys.readouterr().out
+    assert "note: no recall or Q/A exam: a prompt of" in log and "note: no exam: a prompt of" in log
+    assert "leaves no room in the model's context of 16" in log
+    assert {"pretrain", "sft"} <= set(json.loads((tmp_path / "report.json").read_text()))
+    for main in (lambda: rlhf.main(["--out-dir", out, "--n-comparisons", "6", "--max-new-tokens", "4"]),
+                 lambda: arena.main([f"{out}/sft.pt", f"{out}/base.pt", "--out-dir", out, "--questions", "3"])):
+        with pytest.raises(SystemExit) as e:
+            common.run_main(main)
+        assert str(e.value.code).startswith("error: a prompt of") and "context of 16" in str(e.value.code)
