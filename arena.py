@@ -10,6 +10,9 @@ Ratings are a Bradley-Terry fit to all battles (as LMArena computes them, rather
 online Elo update), on the Elo scale (400 points = 10:1 odds), mean 1000, with 95% intervals from
 resampling the questions.
 
+Reads the contestants (by default those of OUT_DIR present), writes the `arena` section of OUT_DIR/report.md
+and report.json (--out-dir, default out/, even when the contestants are elsewhere).
+
     python arena.py                         # out/base.pt, sft.pt, rlhf.pt and the two demo runs (those present)
     python arena.py out/sft.pt out/model.bin other/rlhf.pt --questions 200
 """
@@ -222,8 +225,8 @@ def main(argv=None):
                     "", table, "", "One question, every model's answer:", "",
                     common.md_table(["question"] + [names[i] for i in order], examples),
                     "", f"Wall time {metrics['wall_s']:.0f} s, seed {args.seed}."])
-    common.update_report(args.out_dir, "arena", metrics, md)
-    print(f"done in {metrics['wall_s']:.0f} s: report in {args.out_dir}/report.md")
+    reported = common.update_report(args.out_dir, "arena", metrics, md)
+    print(f"done in {metrics['wall_s']:.0f} s" + (f": report in {args.out_dir}/report.md" if reported else ""))
 
 
 if __name__ == "__main__":

@@ -391,13 +391,13 @@ SECTION = "<!-- stage: {} -->"
 def update_report(out_dir, stage, metrics, markdown):
     """Replace `stage`'s section of out/report.md and its entry in out/report.json, never duplicating it.
     report.json is {stage: {metric: value}}; report.md keeps one section per stage, in pipeline order,
-    each opened by an HTML comment naming its stage (invisible when rendered)."""
+    each opened by an HTML comment naming its stage (invisible when rendered). Returns whether they were written."""
     os.makedirs(out_dir, exist_ok=True)
     try:  # a file of that name that is not ours (a hand-written report.md, a broken report.json) is left alone
         report, sections = read_report(out_dir), _read_sections(os.path.join(out_dir, "report.md"))
     except (ValueError, UnicodeDecodeError) as e:
         print(f"note: the report is not updated ({e}); its numbers are in the log above", file=sys.stderr)
-        return
+        return False
     report[stage] = metrics
     with atomic_open(os.path.join(out_dir, "report.json")) as f:
         f.write(json.dumps(report, indent=1) + "\n")
@@ -406,6 +406,7 @@ def update_report(out_dir, stage, metrics, markdown):
     text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
     with atomic_open(os.path.join(out_dir, "report.md")) as f:
         f.write(text + "\n")
+    return True
 
 
 def _section_key(stage):

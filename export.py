@@ -452,8 +452,8 @@ def main(argv=None):
         print(f"checked with run.py: max abs logit diff {m['parity_max_abs_logit_diff']:.1e} against PyTorch, "
               f"{m['tok_per_s']:.0f} tokens/s")
         if os.path.basename(out) == "model.bin":  # the report card's runtime section describes the main blob
-            common.update_report(out_dir, "runtime", m, runtime_markdown(out, m))
-            print(f"runtime section written to {os.path.join(out_dir, 'report.md')}")
+            if common.update_report(out_dir, "runtime", m, runtime_markdown(out, m)):
+                print(f"runtime section written to {os.path.join(out_dir, 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -676,7 +676,8 @@ def get_args(argv=None):
                    "appended to OUT_DIR/comparisons.jsonl as you go (the simulated labeler's rows there, and copies "
                    "of a --comparisons file, are removed); q quits, a later --label run continues")
     p.add_argument("--n-comparisons", type=int, default=8000, help="labelling budget (simulated or --label)")
-    p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt to compare")
+    p.add_argument("--answers-per-prompt", type=int, default=4, help="answers sampled per prompt for the simulated "
+                   "labeler to compare, every pair (--label shows 2; a --comparisons file has its own)")
     p.add_argument("--retrain-rm", action="store_true", help="collect comparisons and train the RM even if "
                    "OUT_DIR/rm.pt matches")
     # reward model
@@ -805,9 +806,10 @@ def main(argv=None):
                 f"{len(items)} in a session). Which answer is better?")
             saved, quit_ = label_at_terminal(pairs, cmp_path, todo)
             if quit_ or not len(records) + saved:
-                log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `python rlhf.py --label` again "
-                    "to continue" + (f", or train on them now with --comparisons {cmp_path}" if len(records) + saved
-                                     else ""))
+                train_now = f"python rlhf.py --out-dir {args.out_dir} --comparisons {cmp_path}" + (
+                    f" --init {args.init}" if args.init else "")  # (the same flags: other dirs mean other models)
+                log(f"\nsaved {len(records) + saved} comparisons in {cmp_path}; run `{command}` again to continue"
+                    + (f", or train on them now: `{train_now}`" if len(records) + saved else ""))
                 return
         if not os.path.exists(cmp_path):  # (a resumed run whose comparisons were moved away)
             common.fail(f"no comparisons at {cmp_path}: label some with --label (without --resume)")
@@ -1172,13 +1174,13 @@ def main(argv=None):
                   common.md_table(["question", "answer", "gold"],
                                   [[it["question"], t, f"{world_lib.gold_score(it, t, e):+.1f}"]
                                    for it, (_, t, e) in zip(eval_items, end_ans)])]
-    common.update_report(args.out_dir, stage, metrics, "\n".join(lines))
+    reported = common.update_report(args.out_dir, stage, metrics, "\n".join(lines))
     qa_change = f"{metrics['qa_before']:.1%} -> {metrics['qa_after']:.1%}" if args.exam_items > 0 else "not asked"
     log(f"exam: gold win-rate vs SFT {winrate:.1%} | KL {eval_kl:.2f} | gold {metrics['gold_rlhf']:+.2f} vs SFT "
         f"{metrics['gold_sft']:+.2f} | QA {qa_change} | gold peak {top['gold']:+.2f} "
         f"(step {rows[peak]['step']}) -> end {end['gold']:+.2f}, proxy {top['proxy']:+.2f} -> {end['proxy']:+.2f}")
-    log(f"done in {metrics['wall_s']:.0f} s: {best_path} (step {best['step']}), {last_path}, {svg_path}, "
-        f"report in {args.out_dir}/report.md")
+    log(f"done in {metrics['wall_s']:.0f} s: {best_path} (step {best['step']}), {last_path}, {svg_path}"
+        + (f", report in {args.out_dir}/report.md" if reported else ""))
 
 
 if __name__ == "__main__":

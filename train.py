@@ -599,8 +599,8 @@ def main(argv=None):
         log("--- dream ---\n" + d.strip())
     metrics["wall_s"] = round(timer(), 1)
     lines.insert(3, f"Wall time {metrics['wall_s']:.0f} s (training {train_s:.0f} s).")
-    common.update_report(args.out_dir, "pretrain", metrics, "\n".join(lines))
-    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}, report in {args.out_dir}/report.md")
+    reported = common.update_report(args.out_dir, "pretrain", metrics, "\n".join(lines))
+    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}" + (f", report in {args.out_dir}/report.md" if reported else ""))
 
 
 if __name__ == "__main__":

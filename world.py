@@ -644,6 +644,8 @@ def main():
     args = parser.parse_args()
     if not 2 <= args.n_people <= MAX_PEOPLE:
         parser.error(f"--n-people must be in 2..{MAX_PEOPLE} (got {args.n_people})")
+    if args.questions < 0:  # (a negative count sliced off the end: all questions but that many)
+        parser.error(f"--questions must be at least 0 (got {args.questions})")
 
     world = make_world(args.n_people, args.seed)
     if args.questions:  # e.g. piped into `run.py out/model.bin --chat`

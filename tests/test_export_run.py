@@ -590,10 +590,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 @pytest.mark.parametrize("name, text", [("report.md", "# My notes\n\nhand-written\n"),
                                         ("report.json", '{"broken'), ("report.json", "[1, 2]")])
 def test_a_report_file_that_is_not_ours_is_left_alone(tmp_path, capsys, name, text):
+    """... and the scripts know it: their last line no longer points at a report they did not write."""
     (tmp_path / name).write_text(text)
-    common.update_report(str(tmp_path), "runtime", {"x": 1}, "## Runtime")
+    assert common.update_report(str(tmp_path), "runtime", {"x": 1}, "## Runtime") is False
     assert (tmp_path / name).read_text() == text and sorted(os.listdir(tmp_path)) == [name]
     assert f"{name} is not" in capsys.readouterr().err
+    assert common.update_report(str(tmp_path / "new"), "runtime", {"x": 1}, "## Runtime") is True
 
 
 def test_blob_export_writes_the_runtime_report(tok, tmp_path, capsys):
@@ -849,7 +851,8 @@ def test_a_reader_that_stops_reading_ends_the_script_quietly():
     failed again: "Exception ignored ... BrokenPipeError" on stderr and status 120 after `| head`)."""
     # torch and model.py stubbed: run_main uses neither, and torch takes seconds to import
     code = ("import sys, types\n"
-            "stub = types.SimpleNamespace(generate_many=None, peek_checkpoint=None)\nstub.distributed = stub\n"
+            "stub = types.SimpleNamespace(generate_many=None, peek_checkpoint=None, ContextError=ValueError)\n"
+            "stub.distributed = stub\n"
             "sys.modules.update({'torch': stub, 'torch.distributed': stub, 'model': stub})\n"
             "import common\ndef main():\n    for _ in range(10**6):\n        print('x' * 100)\ncommon.run_main(main)\n")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -333,7 +333,8 @@ def test_label_mode_quits_and_a_later_run_continues(out_dir, monkeypatch, capsys
     rlhf.main(args)
     first = open(out_dir / "comparisons.jsonl").read().splitlines()
     out = capsys.readouterr().out
-    assert len(first) == 2 and "run `python rlhf.py --label` again" in out
+    assert len(first) == 2 and f"run `python rlhf.py {' '.join(args)}` again" in out  # the dir and budget too
+    assert f"train on them now: `python rlhf.py --out-dir {out_dir} --comparisons {out_dir}/comparisons.jsonl`" in out
     shown = re.findall(r"\n  1: (.*)\n  2: (.*)\n", out)
     assert shown and all(a != b for a, b in shown)  # never the same answer twice
     monkeypatch.setattr("sys.stdin", io.StringIO("t\n"))  # then end of input: quits, keeping what was said

@@ -303,3 +303,14 @@ def test_command_line_shows_defaults_and_ends_quietly_on_a_closed_pipe():
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_command_line_questions_are_a_count(monkeypatch, capsys):
+    """world.py --questions -1 printed every question but the last (a slice); a count is at least 0."""
+    monkeypatch.setattr("sys.argv", ["world.py", "--n-people", "12", "--seed", "7", "--questions", "3"])
+    W.main()
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    monkeypatch.setattr("sys.argv", ["world.py", "--n-people", "12", "--seed", "7", "--questions", "-1"])
+    with pytest.raises(SystemExit) as e:
+        W.main()
+    assert e.value.code == 2 and "--questions must be at least 0 (got -1)" in capsys.readouterr().err
