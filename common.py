@@ -89,7 +89,8 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
     traceback from deep inside (torch's "Invalid learning rate", an empty batch's stack). Names are argument
     dests; a None value (a default filled in later) is skipped. below_1: 0 <= value < 1 (rates); fractions:
     0 <= value <= 1; people: a world size world.py can draw. Every value must also be finite (--epochs inf
-    would run forever, --kl-coef inf is nan)."""
+    would run forever, --kl-coef inf is nan) and at most 1e30 in size: torch keeps learning rates in float32,
+    whose range ends at 3.4e38 (--lr 1e38 overflowed inside AdamW, whose step divides it by 0.1)."""
     rules = ([(n, lambda v: v >= 1, "at least 1") for n in at_least_1] +
              [(n, lambda v: v >= 0, "at least 0") for n in at_least_0] +
              [(n, lambda v: v > 0, "positive") for n in positive] +
@@ -100,6 +101,8 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
         value = getattr(args, name)
         if value is not None and not (ok(value) and math.isfinite(value)):
             parser.error(f"--{name.replace('_', '-')} must be {what} (got {value})")
+        if value is not None and abs(value) > 1e30:
+            parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32, where torch keeps it, ends at 3.4e38)")
 
 
 def start(args):
