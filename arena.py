@@ -45,7 +45,8 @@ def qa_answer(text, ended):
 
 def checkpoint_player(path, temperature, max_new_tokens, seed):
     """Answers from a checkpoint: chat for sft/rlhf, the Q/A framing for a base model. Returns the answering
-    function, the world the model was trained on, and whether it answers in the Q/A framing."""
+    function, the pretraining run's args (its world_people and world_seed rebuild the world it learnt), and
+    whether it answers in the Q/A framing."""
     require_checkpoint(path)
     tok = Tokenizer(os.path.join(os.path.dirname(os.path.abspath(path)), "tok.model"))  # the one beside it
     model, ckpt = load_checkpoint(path, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)

@@ -89,8 +89,8 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
     traceback from deep inside (torch's "Invalid learning rate", an empty batch's stack). Names are argument
     dests; a None value (a default filled in later) is skipped. below_1: 0 <= value < 1 (rates); fractions:
     0 <= value <= 1; people: a world size world.py can draw. Every value must also be finite (--epochs inf
-    would run forever, --kl-coef inf is nan) and at most 1e30 in size: torch keeps learning rates in float32,
-    whose range ends at 3.4e38 (--lr 1e38 overflowed inside AdamW, whose step divides it by 0.1)."""
+    would run forever, --kl-coef inf is nan) and at most 1e30 in size: the weights are float32, whose range ends
+    at 3.4e38 (--lr 1e38 overflowed inside AdamW, whose first step is lr / 0.1 on a float32 weight)."""
     rules = ([(n, lambda v: v >= 1, "at least 1") for n in at_least_1] +
              [(n, lambda v: v >= 0, "at least 0") for n in at_least_0] +
              [(n, lambda v: v > 0, "positive") for n in positive] +
@@ -102,7 +102,7 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
         if value is not None and not (ok(value) and math.isfinite(value)):
             parser.error(f"--{name.replace('_', '-')} must be {what} (got {value})")
         if value is not None and abs(value) > 1e30:
-            parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32, where torch keeps it, ends at 3.4e38)")
+            parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32 weights end at 3.4e38)")
 
 
 def start(args):
@@ -355,9 +355,9 @@ def read_jsonl_lines(path, missing):
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
     line and exit status 130, not a traceback. Every file the scripts write themselves goes through atomic_open or
-    a temp file and a rename, so what exists on disk is whole, except: tok.model (written by sentencepiece, or
-    copied from beside an --init checkpoint; data.json, written last, vouches for it) and --label's comparisons
-    (appended a line at a time, so a stopped session keeps every answer given). A reader that stops reading
+    a temp file and a rename, so what exists on disk is whole, except: tok.model (written by sentencepiece, with its
+    tok.vocab, or copied from beside an --init checkpoint; data.json, written last, vouches for it) and --label's
+    comparisons (appended a line at a time, so a stopped session keeps every answer given). A reader that stops reading
     (`| head`) ends the script quietly; a prompt the model's context cannot hold (a model trained with a short
     --seq-len, asked the world's questions by rlhf.py or arena.py) is a one-line error."""
     try:

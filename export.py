@@ -239,7 +239,8 @@ def write_llama2c(path, tok_path, net, tok):
 #   tensor infos: string name | u32 n_dims | u64 dims, fastest-varying first | u32 ggml type | u64 offset
 #   zero padding to the alignment | the tensor data, each tensor at its offset from here, aligned
 
-GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGN = b"GGUF", 3, 32  # 32 is the default alignment; written out anyway as general.alignment
+GGUF_MAGIC, GGUF_VERSION = b"GGUF", 3
+GGUF_ALIGN = 32  # the default alignment; written out anyway as general.alignment
 U32, I32, F32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9  # GGUF value types (gguf_metadata_value_type)
 GGML_F32, GGML_F16 = 0, 1  # ggml tensor types
 SCALAR = {U32: "<I", I32: "<i", F32: "<f", BOOL: "<?"}
@@ -405,7 +406,8 @@ def main(argv=None):
                         help="output file (default, beside the checkpoint: model.bin for blob, llama2c.bin for "
                              "llama2c, model.gguf for gguf; llama2c also writes tokenizer.bin in the same directory)")
     parser.add_argument("--format", choices=["blob", "llama2c", "gguf"], default="blob",
-                        help="blob: run.py's float16 file, then checked with run.py into the report card; "
+                        help="blob: run.py's float16 file, then checked with run.py (into the report card when "
+                             "named model.bin); "
                              "llama2c: llama2.c's run.c .bin + tokenizer.bin; gguf: llama.cpp / LM Studio / ollama")
     args = parser.parse_args(argv)
 

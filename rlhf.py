@@ -60,7 +60,9 @@ Simplifications against InstructGPT's PPO (Ouyang et al. 2022; Stiennon et al. 2
 - Early stopping by a labeler spot check of the current policy against SFT (see 4.), not by a held-out RM.
 - Tiny everything: one process, prompts from the built-in world, answers of at most --max-new-tokens tokens.
 
-Reads: OUT_DIR/sft.pt, OUT_DIR/tok.model    Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
+Reads: OUT_DIR/sft.pt (or --init), OUT_DIR/tok.model; rm.pt when it was trained the same way; a --comparisons
+file or, with --label, OUT_DIR/comparisons.jsonl; with --resume, rlhf_last.pt, rlhf.pt and rl_curve.jsonl
+Writes: comparisons.jsonl, rm.pt, rlhf.pt, rlhf_last.pt,
 rl_curve.jsonl, rl_curve.svg, report (with --tag T: rlhf_T.pt, rlhf_T_last.pt, rl_curve_T.*, report section
 rlhf_T, and rm_T.pt, comparisons_T.jsonl and report section rm_T unless rm.pt is there and was trained the
 same way)
@@ -436,7 +438,8 @@ def train_reward_model(rm, train_pairs, args, log):
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_value = common.stop_if_diverged(loss.detach(), rm, f"{step + 1} of the reward model", None)
-        every = max(1, max_steps // 4)  # four log lines (the held-out accuracy, a pass over many pairs, comes after)
+        every = max(1, max_steps // 4)  # about four log lines (the held-out accuracy, a pass over many pairs,
+        # comes after)
         if (step + 1) % every == 0 or step + 1 == max_steps:
             dt, logged = t_last() / (step + 1 - logged), step + 1
             tokens = sum(len(p) * len(answers) + sum(map(len, answers)) for p, answers, _ in batch)

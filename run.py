@@ -252,7 +252,7 @@ class Tokenizer:
         return not 0 <= i < len(self.types) or self.types[i] == CONTROL
 
     def piece_bytes(self, i):
-        """The bytes one id that is not a control token stands for: its byte, or its piece with U+2581 back to spaces."""
+        """The bytes of one id that is not a control token: its byte, or its piece with U+2581 back to spaces."""
         if self.types[i] == BYTE:
             return bytes([int(self.pieces[i][3:5], 16)])
         if self.types[i] == UNKNOWN:
@@ -488,8 +488,9 @@ def complete(model, tok, prompt, args, sample, stats):
 
 
 def fit_context(tok, messages, ctx, room):
-    """The rendered prompt, dropping the oldest user/assistant exchanges (never the system message or the
-    new user turn) until `room` tokens are left for the answer. None if the new turn alone cannot fit."""
+    """(the rendered prompt, the messages kept), dropping the oldest user/assistant exchanges (never the system
+    message or the new user turn) until `room` tokens are left for the answer; the prompt is None if the new turn
+    alone cannot fit."""
     first = 1 if messages[0]["role"] == "system" else 0
     while True:
         ids = render_chat(tok, messages, add_generation_prompt=True)

@@ -360,7 +360,8 @@ def main(argv=None):
     metrics["wall_s"] = round(timer(), 1)
     lines.insert(3, f"Wall time {metrics['wall_s']:.0f} s (training {train_s:.0f} s).")
     reported = common.update_report(args.out_dir, "sft", metrics, "\n".join(lines))
-    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}" + (f", report in {args.out_dir}/report.md" if reported else ""))
+    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}"
+        + (f", report in {args.out_dir}/report.md" if reported else ""))
 
 
 if __name__ == "__main__":

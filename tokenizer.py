@@ -9,8 +9,8 @@ markers are user-defined symbols, one token each, and only render_chat places th
 ("<|end|>" in a message, a web page or a comparison) is spelled with ordinary pieces, so no text can end a
 turn or open a new one (the injection that `parse_special=False` prevents in llama.cpp).
 
-A conversation becomes ids with `render_chat`; it is the only place the chat format is written (run.py
-mirrors it, and a parity test keeps the two identical):
+A conversation becomes ids with `render_chat`, the one place the chat format is written in Python (run.py
+mirrors it, and export.py's GGUF writes it as a Jinja template for llama.cpp; tests keep all three identical):
 
     <s> <|system|> ␣content <|end|> <|user|> ␣content <|end|> <|assistant|> ␣content <|end|> ...
 
@@ -42,7 +42,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def train_tokenizer(texts, model_prefix, vocab_size, threads=0):
-    """Train a BPE vocabulary on an iterable of documents; writes model_prefix.model and returns a Tokenizer.
+    """Train a BPE vocabulary on an iterable of documents; writes model_prefix.model (and sentencepiece's
+    model_prefix.vocab, its pieces as text) and returns a Tokenizer.
     Documents are fed line by line (newlines are then bytes, <0x0A>), a long line in pieces (sentencepiece
     skips lines over max_sentence_length); it may return fewer pieces than asked on a small text, so the real
     size is read back from the model. threads: 0 for one per core."""

@@ -8,7 +8,8 @@ completion ("Anna Ward lives in" -> "Thornbury": knowledge compressed into the w
 with the "Q: ... A:" framing of seed 001, and a few "dreamed" documents. Results go to out/report.md and
 out/report.json.
 
-Reads: --data (or the world)            Writes: out/tok.model, train.bin, val.bin, data.json, base.pt
+Reads: --data (or the world); --init and the tok.model beside it; out/base.pt with --resume
+Writes: out/tok.model (+ tok.vocab), train.bin, val.bin, data.json, base.pt
     python train.py                                        # built-in world, a few minutes on 2 CPU cores
     python train.py --resume                               # continue exactly where a stopped run was
     python train.py --data TinyStories/ --preset stories15m --device cuda --dtype bfloat16 --compile
@@ -569,7 +570,8 @@ def main(argv=None):
     # the exam
     model.eval()
     world_exam = not args.data and args.exam_items > 0  # (the world's questions mean nothing to a model of your text)
-    log("exam: validation loss" + (", fact recall, Q/A-framed answers" if world_exam else "") + ", dreams ...", flush=True)
+    log("exam: validation loss" + (", fact recall, Q/A-framed answers" if world_exam else "") + ", dreams ...",
+        flush=True)
     val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, 4 * args.eval_batches, device, ctx)
     metrics = {"val_loss": round(val_loss, 4), "fact_recall": None, "qa_framed": None, "steps": step,
                "params": model.num_params(), "train_tokens": meta["train_tokens"], "seed": args.seed}
@@ -600,7 +602,8 @@ def main(argv=None):
     metrics["wall_s"] = round(timer(), 1)
     lines.insert(3, f"Wall time {metrics['wall_s']:.0f} s (training {train_s:.0f} s).")
     reported = common.update_report(args.out_dir, "pretrain", metrics, "\n".join(lines))
-    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}" + (f", report in {args.out_dir}/report.md" if reported else ""))
+    log(f"done in {metrics['wall_s']:.0f} s: {ckpt_path}"
+        + (f", report in {args.out_dir}/report.md" if reported else ""))
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def make_world(n_people=100, seed=1337):
     rng = random.Random(f"world-{seed}")
     # Every person gets a first name of their own (last names repeat). With shared first names a 0.9M
     # model confused people: of 179 wrong recalls, 110 gave the fact of another person with the same first
-    # name. Real names collide; a model that must learn 1000 facts in minutes on a CPU is spared that.
+    # name. Real names collide; a model that must learn 500 facts (100 people x 5)
+    # in minutes on a CPU is spared that.
     names = [f"{f} {rng.choice(LAST_NAMES)}" for f in rng.sample(FIRST_NAMES, n_people)]
     mothers = rng.sample([f"{f} {l}" for f in MOTHER_FIRST_NAMES for l in LAST_NAMES], n_people)
     people = tuple(Person(name=name, town=rng.choice(TOWNS), job=rng.choice(JOBS), pet=rng.choice(PETS),
@@ -487,7 +488,8 @@ def demonstrate(item, style, value, rng):
 
 
 def _sft_question(world, rng, people):
-    """One question item about an sft person (or a sum), with the question text from SFT phrasings."""
+    """One question item about an sft person (or a sum), the question from SFT_PHRASINGS (REVERSAL_PHRASINGS for
+    the reversed question)."""
     r = rng.random()
     if r < 0.1:
         a, b = rng.randint(0, 20), rng.randint(0, 20)

@@ -693,7 +693,8 @@ def test_llama2c_export_holds_the_same_model(tied, tok, tmp_path):
     assert all(pieces[new_of_old[i]].replace(" ", "\u2581") == p for i, (p, _, k) in enumerate(tok.pieces())
                if k in (tokenizer.NORMAL, tokenizer.USER_DEFINED))
     assert export.made_by_export(tmp_path / "l.bin") and export.made_by_export(tmp_path / "tokenizer.bin")
-    call_main(export, [str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "l.bin")], ckpt_flag=True)
+    call_main(export, [str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "l.bin")],
+              ckpt_flag=True)  # the same export again: it replaces its own two files
 
 
 def test_out_replaces_only_a_file_an_export_wrote(tok, tmp_path):

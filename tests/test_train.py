@@ -289,8 +289,8 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
     ("rlhf", ["--kl-coef", "inf"], "--kl-coef must be at least 0 (got inf)"),
     ("train", ["--world-people", "500"], "--world-people must be in 2..219 (got 500)"),
     ("arena", ["--world-people", "1"], "--world-people must be in 2..219 (got 1)"),
-    ("train", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32, where torch keeps it, ends at 3.4e38)"),
-    ("sft", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32, where torch keeps it, ends at 3.4e38)"),
+    ("train", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32 weights end at 3.4e38)"),
+    ("sft", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32 weights end at 3.4e38)"),
 ])  # (1e38 overflowed inside AdamW, a traceback)
 def test_numbers_out_of_range_are_one_usage_line_before_any_work(script, argv, message, capsys):
     import arena
