@@ -122,7 +122,10 @@ def start(args):
     if dtype == "bfloat16" and not device.startswith("cuda"):
         print(f"note: --dtype bfloat16 autocasts on CUDA only; on {device} this run trains in float32", file=sys.stderr)
     if dtype == "auto":  # bf16 where the GPU has it in hardware (Ampere on); older ones emulate it, slower than fp32
-        dtype = "bfloat16" if device.startswith("cuda") and bf16_in_hardware(device) else "float32"
+        gpu, rank = device, int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank < torch.cuda.device_count():
+            gpu = f"cuda:{rank}"  # under torchrun, this process's own GPU (where Dist puts it), not GPU 0
+        dtype = "bfloat16" if device.startswith("cuda") and bf16_in_hardware(gpu) else "float32"
     elif not device.startswith("cuda"):
         dtype = "float32"
     if device.startswith("cuda"):  # float32 matmuls in TF32 on Ampere on (what nanoGPT does): 10-bit mantissa

@@ -414,14 +414,14 @@ def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     """Read a checkpoint (weights_only: no code from the file runs) and rebuild its model from model_args.
     stages: the stage names acceptable to the caller; tokenizer: the fingerprint of the tokenizer the caller
     will use (tokenizer.Tokenizer.fingerprint), refused if the checkpoint records another. Returns
-    (model, checkpoint dict)."""
+    (model, checkpoint dict without its "model" weights: they live in the model, not twice on the device)."""
     require_checkpoint(path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; say so rather than relay torch's advice
         raise CheckpointError(f"{path} is not a readable twofiles checkpoint (not a file torch.save wrote)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model = Transformer(ModelArgs.from_dict(ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.pop("model"))
     except Exception as e:  # torch raises many kinds (pickle, zip, key, size mismatch): one message for all
         raise CheckpointError(f"{path} is not a readable twofiles checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None

@@ -759,7 +759,7 @@ def main(argv=None):
         base_args = sft_ckpt["args"].get("base_args", {})
         world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))
         file_records = read_comparisons(args.comparisons) if args.comparisons else None
-        ckpt = load_checkpoint(last_path, device, stages=("rlhf",))[1] if args.resume else None
+        resumed, ckpt = load_checkpoint(last_path, device, stages=("rlhf",)) if args.resume else (None, None)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
     if sft.args.vocab_size != tok.vocab_size:
@@ -970,7 +970,8 @@ def main(argv=None):
                                    temperature=1.0, generator=sampling_generator(sft, args.seed + 1))
     step, rows, best, last_answers = 0, [], {"step": 0, "spot": -1.0}, []
     if ckpt is not None:
-        policy.load_state_dict(ckpt["model"])
+        policy.load_state_dict(resumed.state_dict())
+        del resumed
         load_optimizer_state(optimizer, ckpt["optimizer"])
         step, best = ckpt["step"], ckpt["best"]
         try:
@@ -1095,8 +1096,9 @@ def main(argv=None):
     sft_gold = [world_lib.gold_score(it, t, e) for it, (_, t, e) in zip(eval_items, sft_ans)]
     winrate = win_rate(rl_gold, sft_gold)
     x, y, _ = pad_batch([prompt_ids(tok, q) for q in questions], [a for a, _, _ in rl_ans], device)
-    with torch.no_grad():
-        eval_kl = kl_exact(kept(x), sft(x), (y != -1).float()).mean().item()
+    with torch.no_grad():  # 64 answers at a time: two (B, T, V) logits of all 300 take GBs at a 32k vocab (same floats)
+        eval_kl = torch.cat([kl_exact(kept(x[s:s + 64]), sft(x[s:s + 64]), (y[s:s + 64] != -1).float())
+                             for s in range(0, len(x), 64)]).mean().item()
     metrics = {"gold_winrate_vs_sft": round(winrate, 4), "kl": round(eval_kl, 4),
                "gold_rlhf": round(sum(rl_gold) / len(rl_gold), 4), "gold_sft": round(sum(sft_gold) / len(sft_gold), 4),
                "kept_step": best["step"], "spot_winrate": round(best["spot"], 4), "steps": step,

@@ -408,7 +408,9 @@ def bench(args, device, dtype):
 def main(argv=None):
     args = get_args(argv)
     device, dtype = common.start(args)
-    if args.bench:
+    if args.bench:  # (under torchrun every process would time itself on the same device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            common.fail("--bench times one process: start it with python, not torchrun")
         return bench(args, device, dtype)
     ddp = common.Dist(device)
     device, master = ddp.device, ddp.master

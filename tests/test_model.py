@@ -240,6 +240,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     m2, ck = model.load_checkpoint(str(path), stages=("sft",))
     x = torch.randint(0, 64, (1, 8))
     assert torch.equal(m(x), m2(x)) and ck["step"] == 7 and m2.output.weight is m2.tok_embeddings.weight
+    assert "model" not in ck  # the weights live in m2 only: kept in ck too, they took the device's memory twice
     with pytest.raises(model.CheckpointError, match="'sft' checkpoint; expected base"):
         model.load_checkpoint(str(path), stages=("base",))
     path.write_bytes(path.read_bytes()[:1000])

@@ -446,6 +446,24 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it_in_hardware(monkeypatc
     assert precision == ["high", "high"]
     monkeypatch.setattr(common, "pick_device", lambda name: "cpu")
     assert common.start(args) == ("cpu", "float32") and len(precision) == 2
+    # under torchrun each process asks its own GPU (a node of mixed GPUs; GPU 0 answered for every process)
+    monkeypatch.setattr(common, "pick_device", lambda name: "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked = []
+    monkeypatch.setattr(common, "bf16_in_hardware", lambda device: asked.append(device) or device == "cuda:1")
+    for rank, want in (("0", "float32"), ("1", "bfloat16")):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert common.start(args) == ("cuda", want)
+    assert asked == ["cuda:0", "cuda:1"]
+
+
+def test_bench_times_one_process(monkeypatch):
+    """train.py --bench ran before torchrun's processes were given their GPUs: every one timed itself on cuda:0."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--bench", "1"])
+    assert "--bench times one process" in str(e.value.code)
 
 
 def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_path, capsys):
