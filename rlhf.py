@@ -1072,9 +1072,7 @@ def main(argv=None):
                     log(f"  sample | {it['question']} -> {t!r}{'' if e else ' [not ended]'}")
     stop.exit_if_stopped(step, step >= args.steps, lambda: checkpoint(None), last_path, log,
                          resume="--resume" + (f" --tag {args.tag}" if args.tag else ""))
-    rl_s = t_rl()
-    if not rows:
-        common.fail(f"nothing to report: the run already has {step} of --steps {args.steps} steps")
+    rl_s = t_rl()  # (a resume of a finished run trains nothing and takes the exam again, as train.py's does)
 
     # ------------------------------------------------------------------------------------------------------
     # 4 + 5: the exam, on the kept checkpoint; the curve; what changed between the gold peak and the end

@@ -936,3 +936,22 @@ def benchmark(directory="/tmp/twofiles_bench"):
 
 if __name__ == "__main__":
     benchmark()
+
+
+# -- found unchecked by a sixth mutation-testing pass (each test names the mutant it kills) ---------------------
+
+def test_a_four_byte_file_or_a_record_longer_than_its_maximum_is_not_a_llama2c_tokenizer(tmp_path):
+    """export.py: made_by_export without `size > 4` (any 4-byte file passed for an empty tokenizer.bin), or
+    without `n <= longest` (a record longer than max_token_length passed)."""
+    (tmp_path / "note").write_bytes(b"abc\n")
+    (tmp_path / "long").write_bytes(struct.pack("<ifi", 2, 0.0, 3) + b"abc")
+    assert not export.made_by_export(tmp_path / "note") and not export.made_by_export(tmp_path / "long")
+    (tmp_path / "fits").write_bytes(struct.pack("<ifi", 3, 0.0, 3) + b"abc")
+    assert export.made_by_export(tmp_path / "fits")
+
+
+def test_out_refuses_a_link_to_nowhere(tmp_path):
+    """export.py: check_out_path's `lexists(out) and not isfile(out)` dropped (a dangling link was written through)."""
+    os.symlink(tmp_path / "nowhere", tmp_path / "link.bin")
+    with pytest.raises(ValueError, match="exists and is not a regular file"):
+        export.check_out_path(str(tmp_path / "link.bin"), [])

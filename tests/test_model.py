@@ -263,3 +263,19 @@ def test_a_chat_checkpoint_from_the_old_chat_format_is_refused(tmp_path, stage, 
             model.load_checkpoint(path)
     else:
         assert model.load_checkpoint(path)[1]["stage"] == "base"
+
+
+def test_a_prompt_that_fills_the_context_is_a_context_error():
+    """model.py: generate's `max_new_tokens <= 0` as `< 0` (a prompt of exactly max_seq_len tokens returned empty
+    answers instead of ContextError)."""
+    m = tiny()
+    with pytest.raises(model.ContextError, match="a prompt of 32 tokens leaves no room"):
+        model.generate(m, torch.zeros(1, 32, dtype=torch.long), 4)
+    assert len(model.generate(m, torch.zeros(1, 31, dtype=torch.long), 4)[0]) == 1
+
+
+def test_a_base_checkpoint_is_refused_where_a_chat_stage_is_expected(tmp_path):
+    """model.py: load_checkpoint's stage check letting 'base' through (rlhf.py took a pretrained model for SFT's)."""
+    model.save_checkpoint(str(tmp_path / "base.pt"), tiny(), "base")
+    with pytest.raises(model.CheckpointError, match="'base' checkpoint; expected sft or rlhf"):
+        model.load_checkpoint(str(tmp_path / "base.pt"), stages=("sft", "rlhf"))

@@ -716,3 +716,179 @@ def test_on_a_model_of_other_text_the_kept_policy_is_the_last_step(out_dir, caps
     assert "was not pretrained on the built-in world" in capsys.readouterr().out
     kept, last = (torch.load(out_dir / n, weights_only=True) for n in ("rlhf.pt", "rlhf_last.pt"))
     assert kept["step"] == last["step"] == 3 and all(torch.equal(kept["model"][k], last["model"][k]) for k in kept["model"])
+
+
+# -- found unchecked by a sixth mutation-testing pass (each test names the mutant it kills) ---------------------
+
+def human_rows(names=NAMES):
+    return "".join(json.dumps({"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.",
+                               "rejected": "I do not know.", "labeler": "human"}) + "\n" for n in names)
+
+
+def test_the_reward_model_is_retrained_when_its_split_epochs_or_retrain_rm_say_so(out_dir, capsys):
+    """rlhf.py: rm_key without rm_heldout or rm_epochs, or --retrain-rm ignored (each reused the old rm.pt)."""
+    rlhf.main(job_pairs(out_dir) + ["--steps", "1"])
+    flags = []  # each run changes one more thing than the last
+    for more in (["--rm-heldout", "0.4"], ["--rm-epochs", "3"], ["--retrain-rm"]):
+        flags += more
+        capsys.readouterr()
+        rlhf.main(job_pairs(out_dir) + ["--steps", "1", *flags])
+        assert "reusing" not in capsys.readouterr().out, flags
+
+
+def test_the_simulated_reward_model_is_retrained_for_longer_answers(out_dir, capsys):
+    """rlhf.py: the simulated source without max_new_tokens (comparisons of longer answers reused the old rm.pt)."""
+    run = ["--out-dir", str(out_dir), "--n-comparisons", "60", "--rm-heldout", "0.5", "--steps", "1",
+           "--eval-interval", "100", *FAST]
+    rlhf.main(run)
+    capsys.readouterr()
+    rlhf.main(run + ["--max-new-tokens", "10"])
+    assert "reusing" not in capsys.readouterr().out
+
+
+def test_more_labels_of_a_person_train_a_new_reward_model(out_dir, monkeypatch, capsys):
+    """rlhf.py: the human source without the file's hash (labels added since reused the old rm.pt)."""
+    monkeypatch.setattr(rlhf, "terminal_pairs", lambda *a: iter([]))
+    (out_dir / "comparisons.jsonl").write_text(human_rows(NAMES[:10]))
+    run = ["--out-dir", str(out_dir), "--label", "--rm-heldout", "0.3", "--steps", "1", "--eval-interval", "100", *FAST]
+    rlhf.main(run + ["--n-comparisons", "10"])
+    (out_dir / "comparisons.jsonl").write_text(human_rows())
+    capsys.readouterr()
+    rlhf.main(run + ["--n-comparisons", "12"])
+    assert "reusing" not in capsys.readouterr().out
+
+
+def test_a_damaged_reward_model_is_named_not_passed_over(out_dir):
+    """rlhf.py: a CheckpointError of rm.pt skipped (the run trained a new RM over the damaged file unasked)."""
+    (out_dir / "rm.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(job_pairs(out_dir) + ["--steps", "1"])
+    assert "use --retrain-rm to replace it" in str(e.value.code)
+    assert (out_dir / "rm.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_an_empty_comparisons_file_is_nobodys(out_dir):
+    """rlhf.py: their_file for a file of 0 bytes (`getsize >= 0`: the simulated labeler refused to replace it)."""
+    (out_dir / "comparisons.jsonl").write_text("")
+    rlhf.main(["--out-dir", str(out_dir), "--n-comparisons", "60", "--rm-heldout", "0.5", "--steps", "1",
+               "--eval-interval", "100", *FAST])
+    assert len(rlhf.read_comparisons(str(out_dir / "comparisons.jsonl"))) > 0
+
+
+def test_a_file_pair_that_differs_only_in_ending_is_kept(out_dir):
+    """rlhf.py: the --comparisons filter compared texts alone (an ended answer against the same one cut off was
+    dropped as 'the same answer twice')."""
+    args = job_pairs(out_dir)
+    row = {"prompt": "What is Ada's job?", "chosen": "Ada bakes.", "rejected": "Ada bakes.", "rejected_ended": False}
+    with open(out_dir / "pairs.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    rlhf.main(args + ["--steps", "1"])
+    assert len(rlhf.read_comparisons(str(out_dir / "comparisons.jsonl"))) == len(NAMES) + 1
+
+
+def test_training_on_out_dirs_own_comparisons_file_keeps_it(out_dir):
+    """rlhf.py: --comparisons OUT_DIR/comparisons.jsonl (--label's hint) written over itself: a person's labels
+    were refused as 'comparisons the simulated labeler did not make'."""
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text(human_rows())
+    before = cmp.read_bytes()
+    rlhf.main(["--out-dir", str(out_dir), "--comparisons", str(cmp), "--rm-heldout", "0.3", "--steps", "1",
+               "--eval-interval", "100", *FAST])
+    assert cmp.read_bytes() == before and os.path.exists(out_dir / "rm.pt")
+
+
+def test_a_comparisons_file_run_does_not_save_over_a_persons_labels(out_dir):
+    """rlhf.py: the their_file check before write_comparisons dropped (a --comparisons run replaced a person's
+    comparisons.jsonl with its copy)."""
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text(human_rows(NAMES[:3]))
+    before = cmp.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(job_pairs(out_dir) + ["--steps", "1"])
+    assert "move it away to train on" in str(e.value.code) and cmp.read_bytes() == before
+    assert not os.path.exists(out_dir / "rm.pt")
+
+
+def test_an_empty_comparisons_file_is_a_fresh_start_for_label_with_no_hint_to_train(out_dir, monkeypatch, capsys):
+    """rlhf.py: --label reading an empty comparisons.jsonl ('holds no comparisons'), or its parting hint offering to
+    train on 0 comparisons."""
+    (out_dir / "comparisons.jsonl").write_text("")
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
+    rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "6", *FAST])
+    out = capsys.readouterr().out
+    assert "saved 0 comparisons" in out and "train on them now" not in out
+
+
+def test_the_label_hint_keeps_init_and_each_session_draws_new_pairs(out_dir, monkeypatch, capsys):
+    """rlhf.py: the parting hint without --init (it would train on OUT_DIR/sft.pt), or the label sessions' order
+    seeded without the count saved (every session began with the same prompts)."""
+    shutil.copy(out_dir / "sft.pt", out_dir / "other.pt")
+    args = ["--out-dir", str(out_dir), "--label", "--init", str(out_dir / "other.pt"), "--n-comparisons", "6", *FAST]
+    firsts = []
+    for answers in ("1\nq\n", "q\n"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(answers))
+        rlhf.main(args)
+        out = capsys.readouterr().out
+        firsts.append(re.search(r"\] user: (.*)\n", out)[1])
+    assert f"--comparisons {out_dir}/comparisons.jsonl --init {out_dir}/other.pt`" in out
+    assert firsts[0] != firsts[1]
+
+
+def test_a_resumed_label_run_keeps_the_file_as_it_is_and_names_it_when_gone(out_dir, monkeypatch):
+    """rlhf.py: `if made:` without `not args.resume` (a resumed --label run removed rows from the person's file),
+    or without the check for a comparisons.jsonl moved away (a traceback from file_sha)."""
+    monkeypatch.setattr(rlhf, "terminal_pairs", lambda *a: iter([]))
+    cmp = out_dir / "comparisons.jsonl"
+    cmp.write_text(human_rows())
+    rlhf.main(["--out-dir", str(out_dir), "--label", "--n-comparisons", "12", "--rm-heldout", "0.3", "--steps", "1",
+               "--eval-interval", "100", *FAST])
+    with open(cmp, "a") as f:
+        f.write(json.dumps({"prompt": "Q?", "chosen": "a", "rejected": "b", "labeler": "simulated"}) + "\n")
+    before = cmp.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "2"])
+    assert "changed since this run started (source)" in str(e.value.code) and cmp.read_bytes() == before
+    os.remove(cmp)
+    with pytest.raises(SystemExit) as e:
+        rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "2"])
+    assert "no comparisons at" in str(e.value.code)
+
+
+def test_a_resume_drops_curve_rows_past_the_last_checkpoint(out_dir):
+    """rlhf.py: the resume kept every row of rl_curve.jsonl, not those up to rlhf_last.pt's step (a run killed
+    between the curve and rlhf_last.pt, which checkpoint() allows for, could not be resumed)."""
+    rlhf.main(job_pairs(out_dir) + ["--steps", "2"])
+    with open(out_dir / "rl_curve.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3}) + "\n")
+    rlhf.main(job_pairs(out_dir) + ["--steps", "3", "--resume"])
+    curve = [json.loads(line) for line in open(out_dir / "rl_curve.jsonl")]
+    assert [r["step"] for r in curve] == [1, 2, 3] and "proxy" in curve[2]
+
+
+def test_a_resume_refuses_a_kept_policy_saved_over_at_the_last_step(out_dir, monkeypatch):
+    """rlhf.py: `ahead = step <= kept_step ...` (an rlhf.pt of rlhf_last.pt's own step, not the kept one, was
+    taken for one saved ahead)."""
+    monkeypatch.setattr(rlhf, "spot_check", lambda *a: 0.5)  # never better than step 0's: step 0 is kept
+    rlhf.main(job_pairs(out_dir) + ["--steps", "2", "--eval-interval", "2"])
+    last = torch.load(out_dir / "rlhf_last.pt", weights_only=True)
+    assert last["best"]["step"] == 0
+    save_checkpoint(str(out_dir / "rlhf.pt"), tiny_model(), "rlhf", step=2, args=last["args"])
+    with pytest.raises(SystemExit) as e:  # at the start, not after training on (at the exam)
+        rlhf.main(["--out-dir", str(out_dir), "--resume", "--steps", "4"])
+    assert "rlhf.pt holds step 2, not step 0, the policy this run kept (another run saved over it)" in str(e.value.code)
+    assert torch.load(out_dir / "rlhf_last.pt", weights_only=True)["step"] == 2
+
+
+def test_checkpoint_writes_the_curve_then_rlhf_pt_then_rlhf_last_pt(out_dir, monkeypatch):
+    """rlhf.py: checkpoint() writing the curve after rlhf_last.pt, or rlhf_last.pt before rlhf.pt (a kill between
+    two of them left a run --resume refuses)."""
+    names, real_save, real_open = [], rlhf.save_checkpoint, rlhf.common.atomic_open
+    monkeypatch.setattr(rlhf, "save_checkpoint", lambda path, *a, **k: names.append(os.path.basename(path))
+                        or real_save(path, *a, **k))
+    monkeypatch.setattr(rlhf.common, "atomic_open", lambda path, *a, **k: names.append(os.path.basename(path))
+                        or real_open(path, *a, **k))
+    spots = iter([0.1, 0.2])  # each spot check better than the last: both save rlhf.pt
+    monkeypatch.setattr(rlhf, "spot_check", lambda *a: next(spots))
+    rlhf.main(job_pairs(out_dir) + ["--steps", "2", "--eval-interval", "2"])
+    assert [n for n in names if n in ("rl_curve.jsonl", "rlhf.pt", "rlhf_last.pt")] == \
+        ["rl_curve.jsonl", "rlhf.pt", "rlhf_last.pt"] * 2

@@ -15,7 +15,7 @@ import torch
 import sft
 import train
 import world as world_lib
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, save_checkpoint
 from tokenizer import render_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -364,3 +364,50 @@ def test_a_context_too_short_for_the_worlds_questions(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             common.run_main(main)
         assert str(e.value.code).startswith("error: a prompt of") and "context of 16" in str(e.value.code)
+
+
+# -- found unchecked by a sixth mutation-testing pass (each test names the mutant it kills) ---------------------
+
+def untrained_base(tmp_path, tok):
+    """An out dir with the tiny world's tokenizer and an untrained base.pt of context 96: no pretraining to wait for."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(tok.model_file, out / "tok.model")
+    torch.manual_seed(0)
+    net = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tok.vocab_size, max_seq_len=96))
+    save_checkpoint(str(out / "base.pt"), net, "base", args={"world_people": 12, "world_seed": 7})
+    return out
+
+
+def test_the_report_counts_the_conversations_cut_at_a_turn_and_dropped(tmp_path, tok):
+    """sft.py: `truncated` counted with `<=` (every conversation), `dropped` not counted, or one conversation held
+    out at --val-fraction 0."""
+    out = untrained_base(tmp_path, tok)
+    short = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [short] * 6 + [short + long, long]))
+    sft.main(["--out-dir", str(out), "--data", str(path), "--epochs", "1", "--val-fraction", "0", "--pretrain-mix", "0",
+              "--exam-items", "0"])
+    m = json.load(open(out / "report.json"))["sft"]
+    assert (m["truncated"], m["dropped"], m["conversations"]) == (1, 1, 7)
+
+
+def test_a_pretraining_mix_of_one_window_needs_train_bin(tmp_path, tok):
+    """sft.py: `--pretrain-mix > 1` (a mix of 1 was off), or the check for train.bin dropped (np.memmap's traceback)."""
+    out = untrained_base(tmp_path, tok)
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--out-dir", str(out), "--data", str(chats(tmp_path)), "--pretrain-mix", "1", "--exam-items", "0"])
+    assert "--pretrain-mix needs the pretraining tokens" in str(e.value.code)
+
+
+def test_the_seed_chooses_the_validation_conversations(tmp_path, tok, monkeypatch):
+    """sft.py: the conversations shuffled with a fixed seed, not --seed (every seed held out the same ones)."""
+    out, held = untrained_base(tmp_path, tok), []
+    real = sft.eval_loss
+    monkeypatch.setattr(sft, "eval_loss", lambda m, examples, *a: held.append({tuple(x) for x, _ in examples})
+                        or real(m, examples, *a))
+    for seed in ("1", "2"):
+        sft.main(["--out-dir", str(out), "--data", str(chats(tmp_path)), "--val-fraction", "0.25", "--epochs", "0.1",
+                  "--pretrain-mix", "0", "--exam-items", "0", "--seed", seed])
+    assert held[0] != held[-1]

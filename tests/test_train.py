@@ -791,3 +791,33 @@ def test_a_second_ctrl_c_in_the_last_step_still_saves_nothing_and_exits_130():
     with pytest.raises(SystemExit) as e:
         stop.exit_if_stopped(10, True, lambda: saved.append(1), "out/base.pt", logs.append)
     assert e.value.code == 130 and not saved and "stopped without saving" in logs[0]
+
+
+# -- found unchecked by a sixth mutation-testing pass (each test names the mutant it kills) ---------------------
+
+def test_numbers_just_past_1e30_are_refused_and_1e30_is_not():
+    """common.py: check_ranges' 1e30 bound moved (`> 1e36`: --lr 1e31 went on to overflow AdamW's float32)."""
+    with pytest.raises(SystemExit) as e:
+        train.get_args(["--lr", "2e30"])
+    assert e.value.code == 2
+    assert train.get_args(["--lr", "1e30"]).lr == 1e30
+
+
+def test_bf16_asked_on_the_cpu_is_float32_with_a_note(capsys):
+    """common.py: start() without `elif not cuda: dtype = "float32"` (a CPU run said and recorded bfloat16), or
+    its note's condition flipped."""
+    args = argparse.Namespace(threads=0, device="cpu", dtype="bfloat16")
+    assert common.start(args) == ("cpu", "float32")
+    assert "autocasts on CUDA only; on cpu this run trains in float32" in capsys.readouterr().err
+
+
+def test_init_without_a_tok_model_beside_it_runs_where_its_data_is_prepared(tmp_path):
+    """train.py: the refusal of an --init with no tok.model beside it, without `prepared(args) is None` (refused in
+    an OUT_DIR whose tok.model the same data flags made, which nothing would replace)."""
+    run(tmp_path / "w", "--max-steps", "1", "--exam-items", "0")
+    os.makedirs(tmp_path / "bare")
+    shutil.copy(tmp_path / "w" / "base.pt", tmp_path / "bare" / "s.pt")
+    train.main(["--out-dir", str(tmp_path / "w"), "--init", str(tmp_path / "bare" / "s.pt"), "--world-people", "12",
+                "--world-seed", "7", "--vocab-size", "600", "--seq-len", "64", "--batch-size", "4",
+                "--eval-batches", "2", "--exam-items", "0", "--max-steps", "2"])
+    assert torch.load(tmp_path / "w" / "base.pt", weights_only=True)["step"] == 2
