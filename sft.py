@@ -343,7 +343,7 @@ def main(argv=None):
             common.fail(f"{e} (sft.pt is saved; only the exam is missing)")
         try:
             exam, rows, samples = sft_exam(model, base.eval(), tok, world, args.exam_items)
-        except ContextError as e:  # a context too short for the world's questions: the rest of the report still
+        except ContextError as e:  # a context too short for the world's questions: the report is written without
             log(f"note: no exam: {e}")
     if exam:
         metrics.update(exam)

@@ -584,7 +584,7 @@ def main(argv=None):
     if world_exam:
         try:
             exam = pretrain_exam(model, tok, world_lib.make_world(args.world_people, args.world_seed), args.exam_items)
-        except ContextError as e:  # a --seq-len too short for the world's questions: the rest of the report still
+        except ContextError as e:  # a --seq-len too short for the world's questions: the report is written without
             log(f"note: no recall or Q/A exam: {e}")
     if exam:
         recall, bare, qa, examples = exam
