@@ -105,6 +105,12 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
             parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32 weights end at 3.4e38)")
 
 
+def torchrun_env():
+    """(world size, rank, local rank) as torchrun puts them in each process's environment; (1, 0, 0) without it."""
+    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def start(args):
     """What every training script does first, from add_system_args' flags: keep freed memory, set the CPU
     threads, pick the device and the precision. Returns (device, dtype); dtype is float32 without --dtype.
@@ -122,9 +128,9 @@ def start(args):
     if dtype == "bfloat16" and not device.startswith("cuda"):
         print(f"note: --dtype bfloat16 autocasts on CUDA only; on {device} this run trains in float32", file=sys.stderr)
     if dtype == "auto":  # bf16 where the GPU has it in hardware (Ampere on); older ones emulate it, slower than fp32
-        gpu, rank = device, int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank < torch.cuda.device_count():
-            gpu = f"cuda:{rank}"  # under torchrun, this process's own GPU (where Dist puts it), not GPU 0
+        gpu, (world_size, _, local_rank) = device, torchrun_env()
+        if device == "cuda" and world_size > 1 and local_rank < torch.cuda.device_count():
+            gpu = f"cuda:{local_rank}"  # under torchrun, this process's own GPU (where Dist puts it), not GPU 0
         dtype = "bfloat16" if device.startswith("cuda") and bf16_in_hardware(gpu) else "float32"
     elif not device.startswith("cuda"):
         dtype = "float32"
@@ -151,10 +157,8 @@ class Dist:
     """This process's place under torchrun (RANK/WORLD_SIZE in the environment), or a single process."""
 
     def __init__(self, device):
-        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world_size, self.rank, self.local_rank = torchrun_env()
+        self.enabled = self.world_size > 1
         self.device = device
         if self.enabled:
             if device.startswith("mps"):  # gloo moves CPU and CUDA tensors only, and nccl is CUDA's
@@ -228,7 +232,7 @@ class GracefulStop:
     def request(self, signum, frame):
         self.requested = True
         self.give_back(signum)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every process gets the signal: one line
+        if torchrun_env()[1] == 0:  # under torchrun every process gets the signal: one line
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"\n{name}: stopping after this step to save it ({name} again: quit without saving)",
                   file=sys.stderr, flush=True)
@@ -373,7 +377,7 @@ def run_main(main):
     except BrokenPipeError:  # `| head` stopped reading: stop quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         sys.exit(1)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if torchrun_env()[0] > 1:
         # Under torchrun, leave without the interpreter's teardown. DDP keeps the gloo process group alive past
         # destroy_process_group (its three threads still run after it, measured with torch 2.13), and tearing it
         # down at exit killed a rank with "terminate called without an active exception" in 4 of 40 runs of a

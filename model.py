@@ -410,6 +410,14 @@ def peek_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
+def check_tokenizer(path, ckpt, tokenizer):
+    """CheckpointError if the checkpoint at `path` records a tokenizer other than the fingerprint `tokenizer`
+    (None: no check; older checkpoints record none)."""
+    if tokenizer is not None and ckpt.get("tokenizer", tokenizer) != tokenizer:
+        raise CheckpointError(f"{path} was trained with another tokenizer (fingerprint {ckpt['tokenizer']}, not "
+                              f"{tokenizer}): use the tok.model of the run that made it")
+
+
 def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
     """Read a checkpoint (weights_only: no code from the file runs) and rebuild its model from model_args.
     stages: the stage names acceptable to the caller; tokenizer: the fingerprint of the tokenizer the caller
@@ -427,9 +435,7 @@ def load_checkpoint(path, device="cpu", stages=None, tokenizer=None):
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if stages is not None and ckpt.get("stage") not in stages:
         raise CheckpointError(f"{path} is a '{ckpt.get('stage')}' checkpoint; expected {' or '.join(stages)}")
-    if tokenizer is not None and ckpt.get("tokenizer", tokenizer) != tokenizer:  # (older checkpoints record none)
-        raise CheckpointError(f"{path} was trained with another tokenizer (fingerprint {ckpt['tokenizer']}, not "
-                              f"{tokenizer}): use the tok.model of the run that made it")
+    check_tokenizer(path, ckpt, tokenizer)
     if ckpt.get("stage") in CHAT_STAGES and ckpt.get("chat_format", 1) != CHAT_FORMAT:
         raise CheckpointError(f"{path} was trained in chat format {ckpt.get('chat_format', 1)} and this code "
                               f"speaks format {CHAT_FORMAT} (see model.CHAT_FORMAT): re-run sft.py, then rlhf.py")

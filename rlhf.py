@@ -737,7 +737,7 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # N copies would write the same files
+    if common.torchrun_env()[0] > 1:  # N copies would write the same files
         common.fail("rlhf.py runs as one process: start it with python, not torchrun (--device cuda for a GPU)")
     command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
     device, _ = common.start(args)

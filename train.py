@@ -31,9 +31,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 import world as world_lib
-from model import (CheckpointError, ContextError, ModelArgs, Transformer, configure_optimizer, generate, generate_many,
-                   load_checkpoint, load_optimizer_state, lm_loss, peek_checkpoint, require_checkpoint,
-                   save_checkpoint)
+from model import (CheckpointError, ContextError, ModelArgs, Transformer, check_tokenizer, configure_optimizer,
+                   generate, generate_many, load_checkpoint, load_optimizer_state, lm_loss, peek_checkpoint,
+                   require_checkpoint, save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
 # Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
@@ -409,7 +409,7 @@ def main(argv=None):
     args = get_args(argv)
     device, dtype = common.start(args)
     if args.bench:  # (under torchrun every process would time itself on the same device)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if common.torchrun_env()[0] > 1:
             common.fail("--bench times one process: start it with python, not torchrun")
         return bench(args, device, dtype)
     ddp = common.Dist(device)
@@ -419,6 +419,7 @@ def main(argv=None):
     ckpt_path = os.path.join(args.out_dir, "base.pt")
     if args.grad_accum % ddp.world_size:
         common.fail(f"--grad-accum {args.grad_accum} must be a multiple of the {ddp.world_size} processes")
+    init_model = init_ckpt = None
     try:  # what can be checked before the data prep, which replaces out/tok.model (and so every checkpoint's key)
         if args.data and os.path.realpath(args.data) == os.path.realpath(args.out_dir):
             raise ValueError("--out-dir is the --data directory: the run's own files (data.json, report.json, ...) "
@@ -426,7 +427,7 @@ def main(argv=None):
         if args.resume:  # (without it, the flags fell back to the defaults and the data check spoke first)
             require_checkpoint(ckpt_path)
         if args.init:  # its stage and weights, before the data prep (its tokenizer is checked after it)
-            load_checkpoint(args.init, "cpu", stages=("base", "sft", "rlhf"))
+            init_model, init_ckpt = load_checkpoint(args.init, "cpu", stages=("base", "sft", "rlhf"))
             # the run keeps the checkpoint's tokenizer: another tok.model in OUT_DIR would be replaced, and every
             # checkpoint made with it orphaned
             here, src = os.path.join(args.out_dir, "tok.model"), init_tokenizer(args)
@@ -473,8 +474,9 @@ def main(argv=None):
         if args.resume:
             model, ckpt = load_checkpoint(ckpt_path, device, stages=("base",), tokenizer=tok.fingerprint)
             start_step = ckpt["step"]
-        elif args.init:
-            model, _ = load_checkpoint(args.init, device, stages=("base", "sft", "rlhf"), tokenizer=tok.fingerprint)
+        elif args.init:  # loaded before the data prep; its tokenizer can be checked now
+            check_tokenizer(args.init, init_ckpt, tok.fingerprint)
+            model = init_model.to(device)
             for k in SHAPE:  # recorded as trained (not the preset's), so --resume can compare typed values with it
                 setattr(args, k, getattr(model.args, k))
         else:

@@ -553,11 +553,15 @@ def test_a_tiny_run_writes_everything_and_a_second_run_reuses_the_reward_model(o
     assert "not the SFT model this run started from" in str(e.value.code)
 
 
+def pair_rows(names=NAMES, **extra):
+    """JSONL lines of hand-written comparisons, one per person: a baker's answer chosen over "I do not know."."""
+    return "".join(json.dumps({"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.",
+                               "rejected": "I do not know.", **extra}) + "\n" for n in names)
+
+
 def job_pairs(out_dir):
-    rows = [{"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.", "rejected": "I do not know."}
-            for n in NAMES]
     path = out_dir / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text(pair_rows())
     return ["--out-dir", str(out_dir), "--comparisons", str(path), "--rm-heldout", "0.3", "--eval-interval", "100",
             *FAST]
 
@@ -721,8 +725,7 @@ def test_on_a_model_of_other_text_the_kept_policy_is_the_last_step(out_dir, caps
 # -- found unchecked by a sixth mutation-testing pass (each test names the mutant it kills) ---------------------
 
 def human_rows(names=NAMES):
-    return "".join(json.dumps({"prompt": f"What is {n}'s job?", "chosen": f"{n} works as a baker.",
-                               "rejected": "I do not know.", "labeler": "human"}) + "\n" for n in names)
+    return pair_rows(names, labeler="human")
 
 
 def test_the_reward_model_is_retrained_when_its_split_epochs_or_retrain_rm_say_so(out_dir, capsys):

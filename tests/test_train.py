@@ -507,6 +507,10 @@ def test_init_keeps_its_tokenizer_on_new_text_and_never_replaces_another(tmp_pat
                 "--eval-batches", "2", "--max-steps", "1"])
     w, w2 = (Tokenizer(str(tmp_path / d / "tok.model")) for d in ("w", "w2"))
     assert w2.fingerprint == w.fingerprint
+    with pytest.raises(SystemExit) as e:  # other data flags train another tokenizer: the checkpoint refuses it
+        train.main(["--out-dir", str(tmp_path / "w3"), "--init", str(tmp_path / "bare" / "s.pt"), "--world-people",
+                    "12", "--world-seed", "8", "--vocab-size", "600", "--exam-items", "0", "--max-steps", "1"])
+    assert "was trained with another tokenizer" in str(e.value.code)
     before = (tmp_path / "s" / "tok.model").read_bytes()
     with pytest.raises(SystemExit) as e:  # ... but never over another tokenizer
         train.main(["--out-dir", str(tmp_path / "s"), "--init", str(tmp_path / "bare" / "s.pt"), *flags])
