@@ -2,6 +2,7 @@
 one process, bad input is one clear line and never destroys a checkpoint."""
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -160,12 +161,13 @@ def test_bad_data_under_torchrun_is_the_masters_one_line(tmp_path):
 
 @pytest.mark.parametrize("data, why", [
     ("missing.txt", "does not exist"), ("empty.txt", "holds no text"), ("bad.json", "expected a JSON list"),
-    ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2:"),
+    ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2:"), ("latin1.txt", "cannot read"),
 ])
 def test_bad_data_is_one_clear_line(tmp_path, capsys, data, why):
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
+    (tmp_path / "latin1.txt").write_bytes(b"fine text\n" * 5000 + b"caf\xe9\n")  # found while reading, not opening
     os.makedirs(tmp_path / "emptydir")
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "out", "--data", str(tmp_path / data))
@@ -243,6 +245,54 @@ def test_reads_tinystories_json_shards_and_txt(tmp_path):
     (tmp_path / "odd.json").write_text(json.dumps({"story": stories[0]}))  # an object, not a list of them
     with pytest.raises(ValueError, match="expected a JSON list"):
         train.read_documents(str(tmp_path / "odd.json"))
+
+
+def test_text_files_are_split_into_documents_line_by_line_as_the_whole_text_would_be():
+    """train.py's txt_documents gathers documents line by line (a 2 GB TinyStories txt is never held whole), and
+    must cut exactly where splitting the whole text at <|endoftext|> does: at a line's start or end, twice on one
+    line, or not at all."""
+    rng = np.random.default_rng(0)
+    pieces = ["a", "b c", "\n", "<|endoftext|>", " ", "\n\n"]
+    for _ in range(300):
+        text = "".join(rng.choice(pieces, size=rng.integers(0, 30)))
+        assert list(train.txt_documents(io.StringIO(text))) == text.split("<|endoftext|>")
+
+
+def test_a_corpus_of_100_documents_or_more_is_read_again_from_its_files_not_held(tmp_path):
+    """train.py's split_data: from 100 documents on, train and val are read from the files on every pass (a
+    corpus of GBs is not held in memory), giving the documents split_documents gives for the list of them."""
+    data = tmp_path / "data"
+    os.makedirs(data)
+    stories = [f"Story {i}: a cat found a ball." for i in range(250)]
+    (data / "a.txt").write_text("\n<|endoftext|>\n".join(stories[:120]))
+    (data / "b.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in stories[120:200]))
+    (data / "c.json").write_text(json.dumps([{"story": s} for s in stories[200:]]))
+    train_docs, val_docs, n_chars = train.split_data(str(data))
+    assert (list(train_docs), list(val_docs)) == train.split_documents(stories) == (stories[:-2], stories[-2:])
+    assert (len(train_docs), len(val_docs), n_chars) == (248, 2, sum(map(len, stories[:-2])))
+    (data / "c.json").write_text(json.dumps([{"story": s.upper()} for s in stories[200:]]))
+    assert list(val_docs) == [s.upper() for s in stories[-2:]]  # read again, not kept
+    few = tmp_path / "few.txt"
+    few.write_text("<|endoftext|>".join(stories[:99]))
+    train_docs, val_docs, n_chars = train.split_data(str(few))  # under 100: the last 1% of the text
+    assert (train_docs, val_docs) == train.split_documents(stories[:99]) and n_chars == sum(map(len, train_docs))
+
+
+def test_the_tokenizer_learns_from_a_sample_of_a_large_corpus(tmp_path, tok, monkeypatch):
+    """train.py: above TOKENIZER_CHARS characters the tokenizer is trained on every k-th document (sentencepiece
+    holds its input in memory); the token files still hold every document."""
+    data = tmp_path / "data.jsonl"
+    stories = [f"Story {i}: a cat found a ball." for i in range(300)]
+    data.write_text("\n".join(json.dumps({"text": s}) for s in stories))
+    seen = []
+    monkeypatch.setattr(train, "train_tokenizer", lambda texts, *a: seen.extend(texts) or tok)
+    monkeypatch.setattr(train, "TOKENIZER_CHARS", sum(map(len, stories[:-3])) / 4.5)  # k = 5
+    logs = []
+    os.makedirs(tmp_path / "out")
+    meta = train.prepare_data(train.get_args(["--out-dir", str(tmp_path / "out"), "--data", str(data)]), logs.append)
+    assert seen == stories[:-3:5] and "training the tokenizer on one document in 5 ..." in logs[0]
+    assert meta["val_tokens"] == sum(len(tok.encode(s)) + 2 for s in stories[-3:])
+    assert meta["train_tokens"] == sum(len(tok.encode(s)) + 2 for s in stories[:-3])
 
 
 def test_prepared_data_is_redone_when_the_files_change_or_a_prep_was_interrupted(tmp_path, monkeypatch, capsys):
