@@ -166,7 +166,7 @@ def get_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=48, help="longest answer")
     p.add_argument("--world-people", type=int, default=None, help="world size (default: from the first checkpoint)")
     p.add_argument("--world-seed", type=int, default=None, help="world seed (default: from the first checkpoint)")
-    p.add_argument("--seed", type=int, default=1337, help="seed for sampling and the labeler's noise")
+    p.add_argument("--seed", type=common.SEED, default=1337, help="seed for sampling and the labeler's noise")
     args = p.parse_args(argv)
     common.check_ranges(p, args, at_least_1=("questions", "max_new_tokens"), at_least_0=("temperature",),
                         people=("world_people",))

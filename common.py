@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -63,10 +64,26 @@ def pick_device(name):
     return "cpu"
 
 
+def bounded_int(lo, hi):
+    """An argparse type: an int in lo..hi, else argparse's one-line usage error. A seed or a thread count past
+    what torch takes (a 64-bit seed, which rlhf.py and sft.py also multiply by 100,003; a 32-bit thread count)
+    overflowed inside it, as a traceback."""
+    def parse(text):
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi} (got {value})")
+        return value
+    parse.__name__ = "int"  # what argparse calls the type when the text is not a number
+    return parse
+
+
+SEED, THREADS = bounded_int(0, 2**32 - 1), bounded_int(0, 4096)
+
+
 def add_system_args(p, dtype=True):
     """--device, --threads (and --dtype): the same flags with the same meaning in every training script."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core; 1 when another run "
+    p.add_argument("--threads", type=THREADS, default=0, help="CPU threads (0: one per core; 1 when another run "
                    "shares the machine)")
     if dtype:
         # no float16: it needs loss scaling (a GradScaler) to keep small gradients from underflowing, which
@@ -103,6 +120,17 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
             parser.error(f"--{name.replace('_', '-')} must be {what} (got {value})")
         if value is not None and abs(value) > 1e30:
             parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32 weights end at 3.4e38)")
+
+
+def check_writable(directory):
+    """Make `directory` and write a file in it, or stop with one line before any work: a folder that cannot be
+    written was found only when the first checkpoint was saved, after the training it held was done."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        fail(f"cannot write to {directory}: {e.strerror or e}")
 
 
 def torchrun_env():
@@ -371,12 +399,20 @@ def run_main(main):
         main()
     except ContextError as e:
         sys.exit(f"error: {e}")
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError (a GPU's) is a RuntimeError; the CPU
+        # allocator's failure is a plain one. The checkpoints on disk are as the last save left them.
+        if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e)):
+            raise
+        sys.exit(f"error: out of memory ({str(e).splitlines()[0][:160] if str(e) else 'MemoryError'}): lower "
+                 "--batch-size (raise --grad-accum to keep the batch), --seq-len or the model's size")
     except KeyboardInterrupt:
         print("\ninterrupted: the files already written are whole; the work under way was dropped", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # `| head` stopped reading: stop quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         sys.exit(1)
+    except OSError as e:  # a full disk, a folder made read-only mid-run: what is on disk is whole (atomic writes)
+        sys.exit(f"error: {e}")
     if torchrun_env()[0] > 1:
         # Under torchrun, leave without the interpreter's teardown. DDP keeps the gloo process group alive past
         # destroy_process_group (its three threads still run after it, measured with torch 2.13), and tearing it
@@ -402,20 +438,21 @@ def update_report(out_dir, stage, metrics, markdown):
     """Replace `stage`'s section of out/report.md and its entry in out/report.json, never duplicating it.
     report.json is {stage: {metric: value}}; report.md keeps one section per stage, in pipeline order,
     each opened by an HTML comment naming its stage (invisible when rendered). Returns whether they were written."""
-    os.makedirs(out_dir, exist_ok=True)
-    try:  # a file of that name that is not ours (a hand-written report.md, a broken report.json) is left alone
+    try:  # a file of that name that is not ours (a hand-written report.md, a broken report.json), or one that
+        # cannot be read or written (a directory, no permission), is left alone: the work is saved by now
+        os.makedirs(out_dir, exist_ok=True)
         report, sections = read_report(out_dir), _read_sections(os.path.join(out_dir, "report.md"))
-    except (ValueError, UnicodeDecodeError) as e:
+        report[stage] = metrics
+        sections[stage] = markdown.strip()
+        order = sorted(sections, key=_section_key)
+        text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
+        with atomic_open(os.path.join(out_dir, "report.json")) as f:
+            f.write(json.dumps(report, indent=1) + "\n")
+        with atomic_open(os.path.join(out_dir, "report.md")) as f:
+            f.write(text + "\n")
+    except (ValueError, RecursionError, OSError) as e:  # (UnicodeDecodeError is a ValueError)
         print(f"note: the report is not updated ({e}); its numbers are in the log above", file=sys.stderr)
         return False
-    report[stage] = metrics
-    with atomic_open(os.path.join(out_dir, "report.json")) as f:
-        f.write(json.dumps(report, indent=1) + "\n")
-    sections[stage] = markdown.strip()
-    order = sorted(sections, key=_section_key)
-    text = "# twofiles report card\n\n" + "\n\n".join(f"{SECTION.format(s)}\n{sections[s]}" for s in order)
-    with atomic_open(os.path.join(out_dir, "report.md")) as f:
-        f.write(text + "\n")
     return True
 
 
@@ -450,7 +487,7 @@ def read_report(out_dir):
     with open(path) as f:
         try:
             report = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # (a RecursionError: arrays nested 100,000 deep)
             raise ValueError(f"{path} is not JSON ({e})") from None
     if not isinstance(report, dict) or not all(isinstance(v, dict) for v in report.values()):
         raise ValueError(f"{path} is not a twofiles report")

@@ -392,6 +392,8 @@ def save_checkpoint(path, model, stage, step=0, optimizer=None, args=None, **ext
     try:
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch's writer reports a full disk or a refused file as a RuntimeError
+        raise OSError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
     finally:  # a full disk or a second Ctrl-C mid-write: no checkpoint-sized temp file left behind
         if os.path.exists(tmp):
             os.remove(tmp)

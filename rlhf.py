@@ -254,8 +254,8 @@ def read_comparisons(path):
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
+            raise ValueError(f"{path}:{n}: bad JSON ({getattr(e, 'msg', 'nested too deep')})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{n}: expected an object with \"prompt\", \"chosen\" and \"rejected\"")
         for key in ("prompt", "chosen", "rejected"):
@@ -709,7 +709,7 @@ def get_args(argv=None):
     p.add_argument("--sample-interval", type=int, default=50, help="steps between printed sample answers")
     # system
     common.add_system_args(p, dtype=False)
-    p.add_argument("--seed", type=int, default=1337, help="seed for sampling, labels and prompt order")
+    p.add_argument("--seed", type=common.SEED, default=1337, help="seed for sampling, labels and prompt order")
     args = p.parse_args(argv)
     if args.resume:  # the stopped run's flags unless given again, as train.py does (its RM, its leash, ...)
         last = os.path.join(args.out_dir, f"{run_name(args.tag)}_last.pt")
@@ -726,6 +726,8 @@ def get_args(argv=None):
         p.error("--rm-heldout must be in (0, 1)")
     if args.label and args.comparisons:
         p.error("--label and --comparisons exclude each other")
+    if args.label and sys.stdin is None:  # started with <&-: input() had nothing to read from
+        p.error("--label reads your answers from stdin, which is closed")
     if args.resume and args.retrain_rm:
         p.error("--retrain-rm starts a new reward model: a resumed run keeps the one its curve was made with")
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
@@ -755,6 +757,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     try:
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+        common.check_writable(args.out_dir)
         sft, sft_ckpt = load_checkpoint(init, device, stages=("sft", "rlhf"), tokenizer=tok.fingerprint)
         base_args = sft_ckpt["args"].get("base_args", {})
         world = world_lib.make_world(base_args.get("world_people", 100), base_args.get("world_seed", 1337))

@@ -618,6 +618,9 @@ def main():
                      "--seed >= 0")
     if args.system is not None and not args.chat:
         parser.error("--system starts a chat: give --chat too")
+    if sys.stdout is None or (args.chat and args.prompt is None and sys.stdin is None):  # started with >&- or <&-
+        sys.exit("error: " + ("stdout is closed: nowhere to write" if sys.stdout is None else
+                              "stdin is closed: give the turn as PROMPT, or pipe the turns in"))
     for stream in (sys.stdout, sys.stdin):  # never die on a character the terminal cannot show or send
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
@@ -648,6 +651,9 @@ def main():
         sys.exit(130)
     except BrokenPipeError:  # `| head` closed the pipe: nothing more to say, and stdout cannot be flushed
         os._exit(0)
+    except OSError as e:  # stdout on a full disk: say so, and do not let the exit's flush fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(f"error: {e}")
     stats.report()
 
 

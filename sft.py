@@ -49,8 +49,8 @@ def read_chat_jsonl(path):
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
+            raise ValueError(f"{path}:{n}: bad JSON ({getattr(e, 'msg', 'nested too deep')})") from None
         if not isinstance(row, dict) or "messages" not in row:
             raise ValueError(f"{path}:{n}: expected an object with a \"messages\" list")
         try:
@@ -168,7 +168,7 @@ def get_args(argv=None):
     p.add_argument("--exam-items", type=int, default=300, help="questions per exam set (0: skip the exam)")
     # system
     common.add_system_args(p)
-    p.add_argument("--seed", type=int, default=1337,
+    p.add_argument("--seed", type=common.SEED, default=1337,
                    help="seed for the data order, the pretraining windows and dropout's masks")
     args = p.parse_args(argv)
     if args.resume and args.init:  # as typed: a run started with --init records it, and --resume brings it back
@@ -201,6 +201,8 @@ def main(argv=None):
                         f"{ddp.world_size} processes")
     try:
         tok = Tokenizer(os.path.join(args.out_dir, "tok.model"))
+        if master:
+            common.check_writable(args.out_dir)
         if args.resume:
             model, ckpt = load_checkpoint(ckpt_path, device, stages=("sft",), tokenizer=tok.fingerprint)
         else:
@@ -242,6 +244,10 @@ def main(argv=None):
         mix_path = os.path.join(args.out_dir, "train.bin")
         if not os.path.exists(mix_path):
             common.fail(f"--pretrain-mix needs the pretraining tokens at {mix_path} (or --pretrain-mix 0)")
+        size = os.path.getsize(mix_path)  # uint16 tokens: an odd size is a file cut short
+        if size % 2 or size // 2 <= min(args.pretrain_mix_len, model.args.max_seq_len):
+            common.fail(f"{mix_path} is damaged or shorter than one window ({size:,} bytes): run train.py again, or "
+                        "give --pretrain-mix 0")
         mix_data = np.memmap(mix_path, dtype=np.uint16, mode="r")
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, 0.95), device.split(":")[0])
     start_step = 0

@@ -37,8 +37,16 @@ CONTENT_PREFIX = " "  # encoded before each message's content (see the docstring
 SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN]
 SPECIAL_SPLIT = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps the markers it splits at
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # lone UTF-16 halves: text that has no UTF-8
+
 # sentencepiece's piece types (sentencepiece_model.proto), written into the blob and GGUF for run.py
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+def valid_text(text):
+    """`text` with each lone surrogate as U+FFFD: JSON may spell one ("\\ud800"), and non-UTF-8 bytes in argv arrive
+    as them (PEP 383); they have no UTF-8, and sentencepiece stopped on them with a RuntimeError."""
+    return SURROGATE.sub("\ufffd", text)
 
 
 def train_tokenizer(texts, model_prefix, vocab_size, threads=0):
@@ -52,7 +60,7 @@ def train_tokenizer(texts, model_prefix, vocab_size, threads=0):
             for line in text.split("\n"):
                 for i in range(0, len(line), 4096):  # 4096 characters are at most 16384 UTF-8 bytes
                     if line[i:i + 4096].strip():
-                        yield line[i:i + 4096]
+                        yield valid_text(line[i:i + 4096])
     os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
@@ -93,6 +101,7 @@ class Tokenizer:
     def encode(self, text):
         """str -> list of ids (no BOS/EOS: callers add them). A chat marker in the text is encoded as "<" and
         the rest ("|end|>") apart, so it never becomes the marker's id (run.py's encoder does the same)."""
+        text = valid_text(text)
         if "<|" not in text:  # the usual case, in one call
             return self.sp.encode(text)
         parts = [p for part in SPECIAL_SPLIT.split(text) if part
@@ -101,7 +110,7 @@ class Tokenizer:
 
     def encode_batch(self, texts):
         """list of str -> list of lists of ids; sentencepiece runs the batch in C++ threads."""
-        texts = list(texts)
+        texts = [valid_text(t) for t in texts]
         plain = iter(self.sp.encode([t for t in texts if "<|" not in t], num_threads=os.cpu_count() or 1))
         return [self.encode(t) if "<|" in t else next(plain) for t in texts]  # a text with a marker: one by one
 

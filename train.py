@@ -98,7 +98,7 @@ def json_documents(f, text):
         if not isinstance(rows, list):
             raise TypeError("not a list")
         return [r if isinstance(r, str) else r["text"] if "text" in r else r["story"] for r in rows]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
         raise ValueError(f"{f}: expected a JSON list of {{\"story\": ...}} or {{\"text\": ...}} "
                          f"({type(e).__name__})") from None
 
@@ -109,7 +109,7 @@ def jsonl_documents(f, lines):
             try:
                 row = json.loads(line)
                 yield row["text"] if "text" in row else row["story"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise ValueError(f"{f}:{n}: expected a JSON object with a \"text\" or \"story\" field") from None
 
 
@@ -227,7 +227,7 @@ def prepared(args):
             meta = json.load(f)
         if not isinstance(meta, dict):
             raise ValueError("not an object")
-    except ValueError as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+    except (ValueError, RecursionError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise ValueError(f"{meta_path} is damaged ({str(e)[:80]}): delete it, and the data is prepared again") from None
     source = data_source(args)
     recorded = {"files": source["files"], "tokenizer_from": None, **meta.get("source", {})}  # an older data.json
@@ -237,6 +237,11 @@ def prepared(args):
     # ... and tok.model is still the one that wrote the .bin files (a data.json from before records none)
     if there and recorded == source and meta.get("tokenizer") in (
             None, Tokenizer(os.path.join(args.out_dir, "tok.model")).fingerprint):
+        for name in ("train", "val"):  # a token file cut short (a full disk, a copy) was a traceback from numpy
+            size, tokens = os.path.getsize(os.path.join(args.out_dir, f"{name}.bin")), meta.get(f"{name}_tokens")
+            if tokens is not None and size != 2 * tokens:
+                raise ValueError(f"{args.out_dir}/{name}.bin holds {size:,} bytes where {meta_path} records "
+                                 f"{tokens:,} tokens of 2 bytes: delete {meta_path}, and the data is prepared again")
         return meta
     return None
 
@@ -250,17 +255,11 @@ def prepare_data(args, log):
         log(f"data: reusing {args.out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
             f"val.bin ({meta['val_tokens']:,}), tok.model (vocab {meta['tokenizer_vocab']})")
         return meta
-    if os.path.exists(meta_path):
-        if args.resume:
-            raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
-        os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
-    later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
+    if os.path.exists(meta_path) and args.resume:
+        raise ValueError(f"--resume with different data, vocab or tok.model than {meta_path} records")
     src = init_tokenizer(args)
-    if later and src is None and os.path.exists(os.path.join(args.out_dir, "tok.model")):
-        log(f"note: these data flags train a new {args.out_dir}/tok.model: {', '.join(later)} there were made with "
-            "the old one and will not load with the new one")
     source = data_source(args)  # the files as they are when read
-    if args.data:
+    if args.data:  # (read before anything in out/ changes: a mistyped --data leaves the prepared data as it was)
         train_docs, val_docs, n_chars = split_data(args.data, args.out_dir)
     else:
         train_docs, val_docs = world_lib.pretrain_docs(world_lib.make_world(args.world_people, args.world_seed))
@@ -269,14 +268,25 @@ def prepare_data(args, log):
     log(f"data: {len(train_docs):,} train / {len(val_docs):,} val documents ({n_chars / 1e6:.2f} M characters); "
         + (f"tokenizing with {src}" if src else "training the tokenizer" + (
             f" on one document in {stride}" if stride > 1 else "") + " ..."))
-    if src:  # --init's model knows only its own tokens: new text is cut into those (as nanoGPT finetunes GPT-2)
-        dest = os.path.join(args.out_dir, "tok.model")
-        if not (os.path.exists(dest) and os.path.samefile(src, dest)):
-            shutil.copyfile(src, dest)
-        tok = Tokenizer(dest)
-    else:
-        tok = train_tokenizer(itertools.islice(train_docs, 0, None, stride), os.path.join(args.out_dir, "tok"),
+    dest = os.path.join(args.out_dir, "tok.model")
+    if not src:  # trained beside the old one, which it replaces only if no checkpoint here needs the old one
+        new = train_tokenizer(itertools.islice(train_docs, 0, None, stride), os.path.join(args.out_dir, "tok.new"),
                               args.vocab_size, args.threads)
+        later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
+        if later and os.path.exists(dest) and Tokenizer(dest).fingerprint != new.fingerprint:
+            for ext in ("model", "vocab"):
+                os.remove(os.path.join(args.out_dir, f"tok.new.{ext}"))
+            raise ValueError(f"these data flags train a new tokenizer, and {', '.join(later)} in {args.out_dir} "
+                             "were made with the old one (they would no longer load): give another --out-dir, or "
+                             "move them away; nothing was changed")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # from here on the old files are being replaced: an interrupted prep is redone
+    if not src:
+        for ext in ("model", "vocab"):
+            os.replace(os.path.join(args.out_dir, f"tok.new.{ext}"), os.path.join(args.out_dir, f"tok.{ext}"))
+    elif not (os.path.exists(dest) and os.path.samefile(src, dest)):
+        shutil.copyfile(src, dest)  # --init's model knows only its own tokens: new text is cut into those (as
+    tok = Tokenizer(dest)           # nanoGPT finetunes GPT-2)
     if not src and tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size, "tokenizer": tok.fingerprint,
@@ -390,7 +400,7 @@ def get_args(argv=None):
     # system
     common.add_system_args(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
-    p.add_argument("--seed", type=int, default=1337, help="seed for init, batches and dropout's masks")
+    p.add_argument("--seed", type=common.SEED, default=1337, help="seed for init, batches and dropout's masks")
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
                    help="time STEPS training steps on random tokens at this shape and exit (no data, no files)")
     args = p.parse_args(argv)
@@ -516,10 +526,7 @@ def main(argv=None):
     # data: prepared once by the master, read by everyone
     try:
         if master:
-            try:
-                os.makedirs(args.out_dir, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"cannot make --out-dir {args.out_dir}: {e.strerror}") from None
+            common.check_writable(args.out_dir)
             meta = prepare_data(args, log)
         ddp.barrier()
         if not master:

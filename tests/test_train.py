@@ -17,6 +17,7 @@ import torch
 
 import common
 import model as model_lib
+import tokenizer as tokenizer_lib
 import train
 import world as world_lib
 from model import ModelArgs, Transformer
@@ -285,7 +286,7 @@ def test_the_tokenizer_learns_from_a_sample_of_a_large_corpus(tmp_path, tok, mon
     stories = [f"Story {i}: a cat found a ball." for i in range(300)]
     data.write_text("\n".join(json.dumps({"text": s}) for s in stories))
     seen = []
-    monkeypatch.setattr(train, "train_tokenizer", lambda texts, *a: seen.extend(texts) or tok)
+    monkeypatch.setattr(train, "train_tokenizer", fake_trainer(tok, seen))
     monkeypatch.setattr(train, "TOKENIZER_CHARS", sum(map(len, stories[:-3])) / 4.5)  # k = 5
     logs = []
     os.makedirs(tmp_path / "out")
@@ -446,7 +447,7 @@ def test_odd_inputs_of_real_text_runs(tmp_path, capsys):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "file", "--max-steps", "1")
-    assert str(e.value.code).startswith("error: cannot make --out-dir")
+    assert str(e.value.code).startswith("error: cannot write to")
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "out", "--seq-len", "1")
     assert e.value.code == 2 and "--seq-len must be at least 2" in capsys.readouterr().err
@@ -652,16 +653,6 @@ def test_an_out_dir_inside_the_data_directory_is_not_read_as_data(tmp_path, monk
         assert "--out-dir is the --data directory" in str(e.value.code)
 
 
-def test_new_data_flags_name_the_checkpoints_the_new_tokenizer_orphans(tmp_path, capsys):
-    run(tmp_path, "--max-steps", "1")
-    (tmp_path / "sft.pt").write_bytes(b"a finetune of the old tokenizer's model")
-    run(tmp_path, "--max-steps", "1")  # the same data: the same tok.model, nothing to say
-    assert "were made with the old one" not in capsys.readouterr().out
-    run(tmp_path, "--max-steps", "1", "--vocab-size", "500")
-    out = capsys.readouterr().out
-    assert "train a new " in out and "sft.pt there were made with the old one" in out
-
-
 # -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------
 
 def test_data_directories_are_read_recursively_in_sorted_order_without_out_dir_only(tmp_path):
@@ -743,8 +734,8 @@ def fake_prepared(out_dir, args, tok):
     """out_dir as a data prep left it, without training anything: data.json, a tok.model, empty token files."""
     os.makedirs(out_dir, exist_ok=True)
     shutil.copy(tok.model_file, out_dir / "tok.model")
-    for name in ("train.bin", "val.bin"):
-        (out_dir / name).write_bytes(b"")
+    (out_dir / "train.bin").write_bytes(b"\0\0")  # the one token data.json records
+    (out_dir / "val.bin").write_bytes(b"")
     (out_dir / "data.json").write_text(json.dumps({"source": train.data_source(args), "train_tokens": 1}))
 
 
@@ -773,28 +764,46 @@ def test_a_data_json_from_before_file_stamps_and_fingerprints_is_still_reused(tm
     assert train.prepared(args) == meta
 
 
-def test_the_orphan_note_names_only_the_checkpoints_a_new_tokenizer_orphans(tmp_path, tok, monkeypatch):
-    """train.py: the note without `f != "base.pt"` (it named base.pt, which this very run writes anew) or
-    without `src is None` (it spoke under --init, which keeps the tokenizer)."""
-    monkeypatch.setattr(train, "train_tokenizer", lambda *a: tok)  # the prep without training a tokenizer
+def fake_trainer(tok, seen=None):
+    """train_tokenizer without the training: tok's model written where it would write its own (seen: the texts)."""
+    def fake(texts, prefix, *a):
+        if seen is not None:
+            seen.extend(texts)
+        shutil.copy(tok.model_file, prefix + ".model")
+        open(prefix + ".vocab", "w").close()
+        return Tokenizer(prefix + ".model")
+    return fake
+
+
+def test_the_refusal_names_only_the_checkpoints_a_new_tokenizer_orphans(tmp_path, tok, monkeypatch):
+    """train.py: the refusal without `f != "base.pt"` (it named base.pt, which this very run writes anew), without
+    comparing the tokenizers (the same one orphans nothing) or made under --init, which keeps its tokenizer."""
+    monkeypatch.setattr(train, "train_tokenizer", fake_trainer(tok))  # the prep without training a tokenizer
+    other = tokenizer_lib.train_tokenizer(["Another small text, another vocabulary."] * 50, str(tmp_path / "x"), 300)
     out = tmp_path / "out"
     os.makedirs(out)
-    shutil.copy(tok.model_file, out / "tok.model")
-    for name in ("base.pt", "sft.pt"):
-        (out / name).write_bytes(b"")
+    shutil.copy(other.model_file, out / "tok.model")
+    (out / "base.pt").write_bytes(b"")
     args = train.get_args(["--out-dir", str(out), "--world-people", "12", "--world-seed", "7"])
-    logs = []
-    train.prepare_data(args, logs.append)
-    note = next(line for line in logs if line.startswith("note:"))
-    assert "sft.pt there were made" in note and "base.pt" not in note
+    train.prepare_data(args, print)  # base.pt alone: the run replaces it anyway
+    assert Tokenizer(str(out / "tok.model")).fingerprint == tok.fingerprint
     os.remove(out / "data.json")
+    shutil.copy(other.model_file, out / "tok.model")
+    (out / "sft.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="sft.pt in ") as e:
+        train.prepare_data(args, print)
+    assert "base.pt" not in str(e.value) and not (out / "tok.new.model").exists()
+    shutil.copy(tok.model_file, out / "tok.model")  # the tokenizer these flags train: nothing orphaned
+    train.prepare_data(args, print)
+    os.remove(out / "data.json")
+    shutil.copy(other.model_file, out / "tok.model")
     os.makedirs(tmp_path / "init")
     shutil.copy(tok.model_file, tmp_path / "init" / "tok.model")  # --init keeps its tokenizer: nothing orphaned
     args = train.get_args(["--out-dir", str(out), "--world-people", "12", "--world-seed", "7",
                            "--init", str(tmp_path / "init" / "start.pt")])
     logs = []
     train.prepare_data(args, logs.append)
-    assert not [line for line in logs if line.startswith("note:")] and "tokenizing with" in logs[0]
+    assert "tokenizing with" in logs[0] and Tokenizer(str(out / "tok.model")).fingerprint == tok.fingerprint
 
 
 # -- GracefulStop (common.py) ----------------------------------------------------------------------------------
