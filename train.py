@@ -284,9 +284,10 @@ def prepare_data(args, log):
     if not src:
         for ext in ("model", "vocab"):
             os.replace(os.path.join(args.out_dir, f"tok.new.{ext}"), os.path.join(args.out_dir, f"tok.{ext}"))
+    # --init's model knows only its own tokens: new text is cut into those (as nanoGPT finetunes GPT-2)
     elif not (os.path.exists(dest) and os.path.samefile(src, dest)):
-        shutil.copyfile(src, dest)  # --init's model knows only its own tokens: new text is cut into those (as
-    tok = Tokenizer(dest)           # nanoGPT finetunes GPT-2)
+        shutil.copyfile(src, dest)
+    tok = Tokenizer(dest)
     if not src and tok.vocab_size < args.vocab_size:
         log(f"data: the text supports only {tok.vocab_size} tokens, not {args.vocab_size}: using {tok.vocab_size}")
     meta = {"source": source, "tokenizer_vocab": tok.vocab_size, "tokenizer": tok.fingerprint,
