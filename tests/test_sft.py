@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +38,7 @@ def test_targets_are_the_assistant_tokens_and_end(tok):
             {"role": "user", "content": "And her pet?"}, {"role": "assistant", "content": "A cat."}]
     x, y = sft.encode_conversation(tok, msgs, 256)
     ids, _ = render_chat(tok, msgs)
-    assert x == ids[:-1] and len(y) == len(x)
+    assert x.tolist() == ids[:-1] and len(y) == len(x)
     assert [t for t in y if t != -1] == tok.encode(" In Dunmore.") + [tok.end_id] + tok.encode(" A cat.") + [tok.end_id]
     # each supervised target is the token that follows its input position
     assert all(t == ids[i + 1] for i, t in enumerate(y) if t != -1)
@@ -81,8 +82,10 @@ def test_the_exam_asks_each_set_its_people_and_counts_every_answers_stop(tok, ti
 
 
 def test_collate_pads_inputs_with_0_and_targets_with_minus_1():
-    xs, ys = sft.collate([([1, 2, 3], [-1, 5, 6]), ([7], [8])], "cpu")
-    assert xs.tolist() == [[1, 2, 3], [7, 0, 0]] and ys.tolist() == [[-1, 5, 6], [8, -1, -1]]
+    for kind in (list, lambda t: np.array(t, dtype=np.int32)):  # encode_conversation's int32 arrays, or lists
+        xs, ys = sft.collate([(kind([1, 2, 3]), kind([-1, 5, 6])), (kind([7]), kind([8]))], "cpu")
+        assert xs.tolist() == [[1, 2, 3], [7, 0, 0]] and ys.tolist() == [[-1, 5, 6], [8, -1, -1]]
+        assert xs.dtype == ys.dtype == torch.long
 
 
 def test_long_conversations_lose_whole_turns(tok):

@@ -261,7 +261,7 @@ def test_a_long_last_exchange_goes_as_a_whole(tok):
             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "ok " * 100}]
     x, y = sft.encode_conversation(tok, msgs, 40)
     ids = tokenizer.render_chat(tok, msgs[:2])[0]
-    assert x == ids[:-1] and y[-1] == tok.end_id
+    assert x.tolist() == ids[:-1] and y[-1] == tok.end_id
 
 
 def test_the_reversal_probe_asks_only_what_sft_never_taught(tok, tiny_world, monkeypatch):
