@@ -273,7 +273,11 @@ def prepare_data(args, log):
         new = train_tokenizer(itertools.islice(train_docs, 0, None, stride), os.path.join(args.out_dir, "tok.new"),
                               args.vocab_size, args.threads)
         later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
-        if later and os.path.exists(dest) and Tokenizer(dest).fingerprint != new.fingerprint:
+        try:
+            old = Tokenizer(dest).fingerprint if later and os.path.exists(dest) else None
+        except ValueError:  # a tok.model that is not a tokenizer: no checkpoint can need it
+            old = None
+        if old is not None and old != new.fingerprint:
             for ext in ("model", "vocab"):
                 os.remove(os.path.join(args.out_dir, f"tok.new.{ext}"))
             raise ValueError(f"these data flags train a new tokenizer, and {', '.join(later)} in {args.out_dir} "

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -24,3 +25,19 @@ def tok(tmp_path_factory, tiny_world):
     """A tokenizer trained on the tiny world's documents (a second or two), shared by all tests."""
     train_docs, _ = world.pretrain_docs(tiny_world)
     return tokenizer.train_tokenizer(train_docs, str(tmp_path_factory.mktemp("tok") / "tok"), 600)
+
+
+@pytest.fixture
+def fake_trainer(tok):
+    """train.py's train_tokenizer without the training: make(seen) is a stand-in that writes `tok`'s model (and a
+    .vocab of `vocab`) where it would write its own, and collects the texts it is given in `seen`."""
+    def make(seen=None, vocab="new pieces\n"):
+        def fake(texts, prefix, *a):
+            if seen is not None:
+                seen.extend(texts)
+            shutil.copy(tok.model_file, prefix + ".model")
+            with open(prefix + ".vocab", "w") as f:
+                f.write(vocab)
+            return tokenizer.Tokenizer(prefix + ".model")
+        return fake
+    return make

@@ -279,14 +279,14 @@ def test_a_corpus_of_100_documents_or_more_is_read_again_from_its_files_not_held
     assert (train_docs, val_docs) == train.split_documents(stories[:99]) and n_chars == sum(map(len, train_docs))
 
 
-def test_the_tokenizer_learns_from_a_sample_of_a_large_corpus(tmp_path, tok, monkeypatch):
+def test_the_tokenizer_learns_from_a_sample_of_a_large_corpus(tmp_path, tok, fake_trainer, monkeypatch):
     """train.py: above TOKENIZER_CHARS characters the tokenizer is trained on every k-th document (sentencepiece
     holds its input in memory); the token files still hold every document."""
     data = tmp_path / "data.jsonl"
     stories = [f"Story {i}: a cat found a ball." for i in range(300)]
     data.write_text("\n".join(json.dumps({"text": s}) for s in stories))
     seen = []
-    monkeypatch.setattr(train, "train_tokenizer", fake_trainer(tok, seen))
+    monkeypatch.setattr(train, "train_tokenizer", fake_trainer(seen))
     monkeypatch.setattr(train, "TOKENIZER_CHARS", sum(map(len, stories[:-3])) / 4.5)  # k = 5
     logs = []
     os.makedirs(tmp_path / "out")
@@ -764,21 +764,10 @@ def test_a_data_json_from_before_file_stamps_and_fingerprints_is_still_reused(tm
     assert train.prepared(args) == meta
 
 
-def fake_trainer(tok, seen=None):
-    """train_tokenizer without the training: tok's model written where it would write its own (seen: the texts)."""
-    def fake(texts, prefix, *a):
-        if seen is not None:
-            seen.extend(texts)
-        shutil.copy(tok.model_file, prefix + ".model")
-        open(prefix + ".vocab", "w").close()
-        return Tokenizer(prefix + ".model")
-    return fake
-
-
-def test_the_refusal_names_only_the_checkpoints_a_new_tokenizer_orphans(tmp_path, tok, monkeypatch):
+def test_the_refusal_names_only_the_checkpoints_a_new_tokenizer_orphans(tmp_path, tok, fake_trainer, monkeypatch):
     """train.py: the refusal without `f != "base.pt"` (it named base.pt, which this very run writes anew), without
     comparing the tokenizers (the same one orphans nothing) or made under --init, which keeps its tokenizer."""
-    monkeypatch.setattr(train, "train_tokenizer", fake_trainer(tok))  # the prep without training a tokenizer
+    monkeypatch.setattr(train, "train_tokenizer", fake_trainer())  # the prep without training a tokenizer
     other = tokenizer_lib.train_tokenizer(["Another small text, another vocabulary."] * 50, str(tmp_path / "x"), 300)
     out = tmp_path / "out"
     os.makedirs(out)
