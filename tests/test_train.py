@@ -731,7 +731,8 @@ def test_a_65536_token_vocabulary_fits_uint16_token_files(tmp_path):
 
 
 def fake_prepared(out_dir, args, tok):
-    """out_dir as a data prep left it, without training anything: data.json, a tok.model, empty token files."""
+    """out_dir as a data prep left it, without training anything: data.json, a tok.model, token files as small as
+    data.json records (one train token, an empty val.bin)."""
     os.makedirs(out_dir, exist_ok=True)
     shutil.copy(tok.model_file, out_dir / "tok.model")
     (out_dir / "train.bin").write_bytes(b"\0\0")  # the one token data.json records
