@@ -68,6 +68,16 @@ def read_chat_jsonl(path):
     return convs
 
 
+def conversations_sha(convs):
+    """The sha256 of json.dumps(convs, sort_keys=True), fed a conversation at a time: the same digest without a
+    second copy of a chat dataset as one string. 16 hex digits, recorded in sft.pt to refuse a resume on other data."""
+    h = hashlib.sha256(b"[")
+    for i, c in enumerate(convs):
+        h.update(((", " if i else "") + json.dumps(c, sort_keys=True)).encode())
+    h.update(b"]")
+    return h.hexdigest()[:16]
+
+
 def encode_conversation(tok, messages, max_len):
     """(x, y) for one conversation: inputs and next-token targets, -1 where the next token is not the
     assistant's. A conversation longer than the context loses whole turns from its end, so no assistant
@@ -222,7 +232,7 @@ def main(argv=None):
         common.fail(e)
     if model.args.vocab_size != tok.vocab_size:
         common.fail(f"{init} has vocab {model.args.vocab_size} but {args.out_dir}/tok.model has {tok.vocab_size}")
-    data_sha = hashlib.sha256(json.dumps(convs, sort_keys=True).encode()).hexdigest()[:16]
+    data_sha = conversations_sha(convs)
     if args.resume and ckpt.get("data_sha", data_sha) != data_sha:  # the step counts and the order would not hold
         common.fail(f"cannot resume: the conversations ({args.data or 'the built-in world'}) changed since this run "
                     "started; start over without --resume")

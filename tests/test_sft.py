@@ -1,6 +1,7 @@
 """sft.py: the supervised targets are exactly the assistant's tokens, bad chat files stop the run with a
 line number before any training, long conversations are cut only at turn boundaries, and a short
 finetune on the tiny world turns the base model into something that answers and stops."""
+import hashlib
 import json
 import os
 import re
@@ -79,6 +80,14 @@ def test_the_exam_asks_each_set_its_people_and_counts_every_answers_stop(tok, ti
     ended = sum(q in seen for qs in asked for q in qs)
     assert metrics["stop_rate"] == round(ended / sum(map(len, asked)), 4) and 0 < ended < sum(map(len, asked))
     assert metrics["base_qa_seen"] == metrics["base_qa_unseen"] == 1.0  # its first line is its answer
+
+
+def test_the_conversations_hash_is_the_hash_of_their_json_without_the_json_string(tiny_world):
+    """sft.pt records it, and a resume compares: fed a conversation at a time, it must stay the digest of the whole
+    list's json.dumps that checkpoints from before recorded."""
+    for convs in ([], world_lib.sft_conversations(tiny_world, 30), [[{"role": "user", "content": "é \u2028 \"x\""}]]):
+        whole = hashlib.sha256(json.dumps(convs, sort_keys=True).encode()).hexdigest()[:16]
+        assert sft.conversations_sha(convs) == whole
 
 
 def test_collate_pads_inputs_with_0_and_targets_with_minus_1():
