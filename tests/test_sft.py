@@ -141,7 +141,8 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     (tmp_path / "chats.jsonl").write_text("\ufeff" + json.dumps({"messages": msgs}) + "\n", encoding="utf-8")
     assert sft.read_chat_jsonl(str(tmp_path / "chats.jsonl")) == [msgs]
-    (tmp_path / "chats.jsonl").write_bytes(b"\xef\xbb\xbf{}\n\xff")  # a bad byte is named by its own line
+    good = json.dumps({"messages": msgs}).encode()
+    (tmp_path / "chats.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\n\xff")  # a bad byte is named by its line
     with pytest.raises(ValueError, match="chats.jsonl:2: not UTF-8"):
         sft.read_chat_jsonl(str(tmp_path / "chats.jsonl"))
 
@@ -277,8 +278,12 @@ def test_your_own_conversations_get_the_val_loss_not_the_worlds_exam(tmp_path, b
 
 def test_a_chat_file_with_bad_bytes_or_a_directory_is_named_clearly(tmp_path):
     path = tmp_path / "chats.jsonl"
-    path.write_bytes(b'{"messages": []}\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')  # Latin-1
+    good = json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]})
+    path.write_bytes(good.encode() + b'\n{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')  # Latin-1
     with pytest.raises(ValueError, match=r"chats.jsonl:2: not UTF-8 text"):
+        sft.read_chat_jsonl(str(path))
+    path.write_bytes(b'{"messages": []}\n\xff\n')  # read a line at a time: the first problem in the file is named
+    with pytest.raises(ValueError, match=r"chats.jsonl:1: messages must be a non-empty list"):
         sft.read_chat_jsonl(str(path))
     with pytest.raises(ValueError, match="is a directory"):
         sft.read_chat_jsonl(str(tmp_path))
