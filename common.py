@@ -368,24 +368,30 @@ def resumed_args(parser, argv, args, ckpt_path, run_control):
     return args
 
 
-def read_jsonl_lines(path, missing):
-    """The lines of a UTF-8 text file (JSONL), read one at a time, or ValueError: `missing` when there is no such
-    file (at once), else what is wrong with it, bad bytes named by FILE:LINE as a bad JSON line would be. Read
-    whole, a file was held as bytes, text and lines beside what the caller parsed: sft.py reading a 178 MB chat
-    file peaked 666 MB higher, now 466 MB (its parsed conversations)."""
+def read_jsonl(path, missing):
+    """(line number, value) for each non-blank line of a UTF-8 JSONL file, read one line at a time; ValueError:
+    `missing` when there is no such file (at once), else what is wrong, named by FILE:LINE (bad bytes, bad JSON).
+    Read whole, a file was held as bytes, text and lines beside what the caller parsed: sft.py reading a 178 MB
+    chat file peaked 666 MB higher, now 466 MB (its parsed conversations)."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory; expected a .jsonl file")
     if not os.path.isfile(path):
         raise ValueError(missing)
 
-    def lines():
+    def rows():
         with open(path, "rb") as f:  # binary lines end at b"\n" only: JSON strings may hold U+2028, U+0085, ...
             for n, raw in enumerate(f, 1):
                 try:  # utf-8-sig: a byte-order mark (Windows editors) is not text
-                    yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
                 except UnicodeDecodeError as e:
                     raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason})") from None
-    return lines()
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
+                    raise ValueError(f"{path}:{n}: bad JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+    return rows()
 
 
 def run_main(main):

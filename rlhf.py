@@ -247,15 +247,8 @@ def label_at_terminal(pairs, path, goal, ask=input, show=print):
 def read_comparisons(path):
     """Comparisons from JSONL, one {"prompt", "chosen", "rejected"} object per line (optional booleans "tie",
     "chosen_ended", "rejected_ended"; other keys are kept). A bad line raises ValueError naming FILE:LINE."""
-    lines = common.read_jsonl_lines(path, f"no comparisons file at {path}")
     records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
-            raise ValueError(f"{path}:{n}: bad JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+    for n, row in common.read_jsonl(path, f"no comparisons file at {path}"):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{n}: expected an object with \"prompt\", \"chosen\" and \"rejected\"")
         for key in ("prompt", "chosen", "rejected"):

@@ -42,15 +42,8 @@ from tokenizer import Tokenizer, check_messages, render_chat
 def read_chat_jsonl(path):
     """Conversations from a JSONL file, one {"messages": [...]} per line; any bad line stops the run with
     its line number, before any training."""
-    lines = common.read_jsonl_lines(path, f"--data {path} does not exist")
     convs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: nested thousands deep)
-            raise ValueError(f"{path}:{n}: bad JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+    for n, row in common.read_jsonl(path, f"--data {path} does not exist"):
         if not isinstance(row, dict) or "messages" not in row:
             raise ValueError(f"{path}:{n}: expected an object with a \"messages\" list")
         try:
