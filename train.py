@@ -78,18 +78,18 @@ def file_documents(f):
     """The documents of one --data file, stripped, empty ones left out: a .json list (TinyStories' shards) is parsed
     whole; a .jsonl and a .txt are read line by line, so a file of GBs is never held whole (unless it is one text)."""
     try:
+        if f.endswith(".jsonl"):
+            yield from stripped(jsonl_documents(f))
+            return
         with open(f, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Windows editors) is not text
-            if f.endswith(".json"):
-                docs = json_documents(f, fh.read())
-            elif f.endswith(".jsonl"):
-                docs = jsonl_documents(f, fh)
-            else:
-                docs = txt_documents(fh)
-            for d in docs:
-                if isinstance(d, str) and d.strip():
-                    yield d.strip()
+            yield from stripped(json_documents(f, fh.read()) if f.endswith(".json") else txt_documents(fh))
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read {f}: {e}") from None
+
+
+def stripped(docs):
+    """The texts among docs, stripped, the empty ones (and a null "text") left out."""
+    return (d.strip() for d in docs if isinstance(d, str) and d.strip())
 
 
 def json_documents(f, text):
@@ -103,14 +103,14 @@ def json_documents(f, text):
                          f"({type(e).__name__})") from None
 
 
-def jsonl_documents(f, lines):
-    for n, line in enumerate(lines, 1):  # (a text file's lines end at "\n" only, not at U+2028 inside strings)
-        if line.strip():
-            try:
-                row = json.loads(line)
-                yield row["text"] if "text" in row else row["story"]
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise ValueError(f"{f}:{n}: expected a JSON object with a \"text\" or \"story\" field") from None
+def jsonl_documents(f):
+    """The "text" (or "story") of each line, a line at a time; bad bytes or JSON are named by FILE:LINE."""
+    for n, row in common.read_jsonl(f, f"cannot read {f}: no such file"):
+        try:
+            text = row["text"] if "text" in row else row["story"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{f}:{n}: expected a JSON object with a \"text\" or \"story\" field") from None
+        yield text
 
 
 def txt_documents(lines):

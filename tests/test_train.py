@@ -162,13 +162,16 @@ def test_bad_data_under_torchrun_is_the_masters_one_line(tmp_path):
 
 @pytest.mark.parametrize("data, why", [
     ("missing.txt", "does not exist"), ("empty.txt", "holds no text"), ("bad.json", "expected a JSON list"),
-    ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2:"), ("latin1.txt", "cannot read"),
+    ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2: expected a JSON object"),
+    ("latin1.txt", "cannot read"), ("cut.jsonl", "cut.jsonl:3: bad JSON"), ("latin1.jsonl", "latin1.jsonl:2: not UTF-8"),
 ])
 def test_bad_data_is_one_clear_line(tmp_path, capsys, data, why):
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
     (tmp_path / "latin1.txt").write_bytes(b"fine text\n" * 5000 + b"caf\xe9\n")  # found while reading, not opening
+    (tmp_path / "cut.jsonl").write_text('{"text": "fine"}\n\n{"text": "cut sh')
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     os.makedirs(tmp_path / "emptydir")
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "out", "--data", str(tmp_path / data))
