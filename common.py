@@ -1,9 +1,10 @@
 """
-What the three training scripts (train.py, sft.py, rlhf.py) share, so none of them copies it: device and
-precision, torchrun/DDP set-up, the learning-rate schedule, the one-line step log, and the report card
-(out/report.md + out/report.json) that every stage writes its exam into.
+What the scripts share, so none of them copies it: for the three training scripts (train.py, sft.py, rlhf.py)
+device and precision, torchrun/DDP set-up, the learning-rate schedule and the one-line step log; for every
+script (arena.py and export.py too) one-line errors and the report card (out/report.md + out/report.json) that
+every stage writes its exam into.
 
-Not a framework: plain functions, each used by at least two scripts.
+Not a framework: plain functions; each public one used by at least two scripts.
 """
 import argparse
 import contextlib
@@ -397,11 +398,12 @@ def read_jsonl(path, missing):
 def run_main(main):
     """A script's `main()`, where a Ctrl-C outside a training loop (preparing data, the exam) ends with one
     line and exit status 130, not a traceback. Every file the scripts write themselves goes through atomic_open or
-    a temp file and a rename, so what exists on disk is whole, except: tok.model (written by sentencepiece, with its
-    tok.vocab, or copied from beside an --init checkpoint; data.json, written last, vouches for it) and --label's
-    comparisons (appended a line at a time, so a stopped session keeps every answer given). A reader that stops reading
-    (`| head`) ends the script quietly; a prompt the model's context cannot hold (a model trained with a short
-    --seq-len, asked the world's questions by rlhf.py or arena.py) is a one-line error."""
+    a temp file and a rename, so what exists on disk is whole, except: tok.model and tok.vocab (written by
+    sentencepiece as tok.new.* and renamed one after the other, or copied from beside an --init checkpoint;
+    data.json, written last, vouches for them) and --label's comparisons (appended a line at a time, so a
+    stopped session keeps every answer given). A reader that stops reading (`| head`) ends the script quietly;
+    a prompt the model's context cannot hold (a model trained with a short --seq-len, asked the world's questions
+    by rlhf.py or arena.py) is a one-line error."""
     try:
         main()
     except ContextError as e:

@@ -378,7 +378,7 @@ def check_blob(path, net, stage, step, started):
     parity = float(np.abs(rt.forward(ids, 0) - want).max())
     greedy = lambda logits: int(logits.argmax())  # noqa: E731
     list(run.generate(rt, ids, 0, 4, greedy))  # warm up (first-touch page faults, BLAS threads), as run.py --bench
-    stats = run.Stats()  # tokens/s as run.py reports it: from the first new token on, the prefill excluded
+    stats = run.Stats()  # tokens/s as run.py's chat and completion report it: the prefill excluded
     list(stats.timed(run.generate(rt, ids, 0, 64, greedy)))
     with open(run.__file__, encoding="utf-8") as f:
         lines = sum(1 for _ in f)

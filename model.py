@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Shape letters used throughout (and in run.py): B batch, T time (tokens), C = dim, nh heads,
-# nkv key/value heads, hs head size, V vocab, H hidden_dim of the feed-forward.
+# nkv key/value heads, hs head size, V vocab, H hidden_dim of the feed-forward, S tokens attended to (cached + new).
 
 
 @dataclass
@@ -112,9 +112,10 @@ class KVCache:
 def causal_attention(q, k, v, dropout=0.0, block=128):
     """softmax(q k^T / sqrt(hs) + causal mask) v for q, k, v of (B, nh, T, hs).
 
-    On GPUs this is SDPA with is_causal=True. On CPU, queries go in blocks of `block`, each block attending
-    only to the keys up to its own end, so the masked upper triangle is skipped by construction instead of
-    left to PyTorch's CPU flash kernel, whose backward pass we measured to gain little from is_causal.
+    On GPUs, and on CPU when T <= block, this is SDPA with is_causal=True. On CPU, longer queries go in blocks
+    of `block`, each block attending only to the keys up to its own end, so the masked upper triangle is skipped
+    by construction instead of left to PyTorch's CPU flash kernel, whose backward pass we measured to gain
+    little from is_causal.
     Measured at llama2.c's 260K shape (B 8, 8 heads, T 512, head size 8; one layer, 2 cores): forward
     21 -> 16 ms, forward + backward 93 -> 56 ms; the whole training step 1.3x faster."""
     T = q.shape[2]
@@ -216,7 +217,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         # GPT-2 init: N(0, 0.02), and the two projections that write into the residual stream (wo, w2)
         # scaled by 1/sqrt(2 * n_layers) so the stream's variance does not grow with depth. (llama2.c's
-        # train scales w3, which does not write into the residual stream.)
+        # model.py scales wo and w3: w3, which does not write into the residual stream, where w2 was meant.)
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02

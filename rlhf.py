@@ -154,7 +154,8 @@ def simulated_comparisons(model, tok, items, n, k, max_new_tokens, seed, log):
     (world.label: Bradley-Terry noise on the gold score). Each record keeps the labeler's agreement with the
     gold ordering (its ceiling) and the gold scores, which only the report reads."""
     rng, gen = random.Random(f"labeler-{seed}"), sampling_generator(model, seed)
-    records, pos, chunk, too_long = [], 0, 256, 0  # sorted by prompt length: a chunk samples in few equal-length batches
+    records, pos, chunk, too_long = [], 0, 256, 0  # (generate_many batches a chunk's equal-length prompts itself;
+    # the sort by length only fixes the order of the records and of the random draws)
     while len(records) < n and pos < len(items):
         batch = sorted(items[pos:pos + chunk], key=lambda it: len(tok.encode(it["question"])))
         pos += chunk

@@ -7,10 +7,10 @@ It reads and validates the blob, rebuilds the tokenizer (sentencepiece's BPE, in
 chat template from it, and runs the Transformer of model.py, which it mirrors part by part and name by
 name (a parity test keeps the two in step), with a KV cache:
 
-    python run.py out/base.bin "Ada Lovelace lives in"      # complete a prompt (export.py --ckpt out/base.pt
-    python run.py out/base.bin                              # --out out/base.bin); dream from nothing
+    python run.py out/base.bin "People of the valley: Anna Ward"  # complete a prompt (export.py --ckpt
+    python run.py out/base.bin                              # out/base.pt --out out/base.bin); dream from nothing
     python run.py out/model.bin --chat                      # talk: one user turn per line, EOF ends
-    echo "Where does Ada Lovelace live?" | python run.py out/model.bin --chat --temperature 0
+    echo "Where does Anna Ward live?" | python run.py out/model.bin --chat --temperature 0
     python run.py out/model.bin --bench                     # tokens/s of greedy decoding
 """
 import argparse
@@ -551,7 +551,8 @@ def chat(model, tok, args, sample, stats):
 
 class Stats:
     """Tokens/s of generation, counted from the first new token (the prefill is excluded; run.c also skips its
-    first step but counts the prompt's tokens, so the two agree from BOS alone, as --bench runs)."""
+    first step but counts the prompt's tokens, so the two agree when the prompt is BOS alone). --bench times its
+    own loop from BOS, the first step included."""
 
     def __init__(self):
         self.tokens, self.seconds = 0, 0.0

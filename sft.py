@@ -152,7 +152,8 @@ def get_args(argv=None):
     p.add_argument("--init", default=None, help="checkpoint to finetune (default: OUT_DIR/base.pt)")
     p.add_argument("--data", default=None, help="JSONL of {\"messages\": [...]} (default: the world's conversations)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/sft.pt (optimizer, step)")
-    p.add_argument("--conversations", type=int, default=None, help="world conversations (default: 15 per person)")
+    p.add_argument("--conversations", type=int, default=None,
+                   help="world conversations (default: 15 x the world's people; all about the SFT half, or sums)")
     # optimisation. Small data: a few epochs, linear warmup then linear decay to 0, so the model takes the
     # format without forgetting what pretraining put in the weights (nanochat's chat_sft decays linearly to 0).
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the conversations")

@@ -4,7 +4,8 @@ The tokenizer and THE chat template of twofiles (no torch here).
 Text becomes token ids with a sentencepiece BPE vocabulary (Kudo & Richardson 2018) trained on the
 pretraining text, set up so that nothing is lost: identity normalisation, whitespace kept exactly, no
 dummy prefix space, and byte fallback for any character the vocabulary lacks, so decode(encode(x)) == x
-for every string without U+2581 (sentencepiece's stand-in for a space, which decodes to one). The chat
+for every string without U+2581 (sentencepiece's stand-in for a space, which decodes to one) or lone
+surrogates (not text: valid_text makes them U+FFFD). The chat
 markers are user-defined symbols, one token each, and only render_chat places them: a marker typed in text
 ("<|end|>" in a message, a web page or a comparison) is spelled with ordinary pieces, so no text can end a
 turn or open a new one (the injection that `parse_special=False` prevents in llama.cpp).

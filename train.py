@@ -37,14 +37,15 @@ from model import (CheckpointError, ContextError, ModelArgs, Transformer, check_
                    require_checkpoint, save_checkpoint)
 from tokenizer import Tokenizer, train_tokenizer
 
-# Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes. Flags given
+# Shapes one flag away: the default world model, and llama2.c's two TinyStories shapes (its stories260K was
+# trained with multiple_of=4: hidden_dim 172 and 260,032 parameters; 32 would give 192 and 279,232). Flags given
 # explicitly on the command line override a preset's values.
 PRESETS = {
-    "world": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=1024, seq_len=256,
+    "world": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, multiple_of=32, vocab_size=1024, seq_len=256,
                   batch_size=16, grad_accum=1, lr=3e-3, max_steps=700, warmup=60),
-    "stories260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512,
+    "stories260k": dict(dim=64, n_layers=5, n_heads=8, n_kv_heads=4, multiple_of=4, vocab_size=512, seq_len=512,
                         batch_size=8, grad_accum=1, lr=5e-4, max_steps=100_000, warmup=1000),
-    "stories15m": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256,
+    "stories15m": dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, multiple_of=32, vocab_size=32000, seq_len=256,
                        batch_size=8, grad_accum=4, lr=5e-4, max_steps=100_000, warmup=1000),
 }
 
@@ -147,9 +148,9 @@ def read_documents(path, out_dir=None):
 
 
 def split_documents(docs):
-    """(train, val): 1% held out for the validation loss. The last 1% of the documents when there are 100 or more;
-    else the last 1% of the text, cut at a line break near there, so that one long text (a book) or a few
-    (chapters) give up no more than that."""
+    """(train, val): about 1% held out for the validation loss. The last 1% of the documents when there are 100 or
+    more; else the text after the last line break between 98% and 99% of it (1-2% held out; at 99% if there is
+    none), so that one long text (a book) or a few (chapters) give up about that much, not a whole document."""
     if len(docs) >= 100:
         return docs[:-(len(docs) // 100)], docs[-(len(docs) // 100):]
     total, pos, i = sum(map(len, docs)), 0, 0
@@ -269,7 +270,8 @@ def prepare_data(args, log):
         + (f"tokenizing with {src}" if src else "training the tokenizer" + (
             f" on one document in {stride}" if stride > 1 else "") + " ..."))
     dest = os.path.join(args.out_dir, "tok.model")
-    if not src:  # trained beside the old one, which it replaces only if no checkpoint here needs the old one
+    if not src:  # trained beside the old one, which it replaces only if no checkpoint here but base.pt (which this
+        # run replaces) needs the old one
         new = train_tokenizer(itertools.islice(train_docs, 0, None, stride), os.path.join(args.out_dir, "tok.new"),
                               args.vocab_size, args.threads)
         later = sorted(f for f in os.listdir(args.out_dir) if f.endswith(".pt") and f != "base.pt")
@@ -354,13 +356,13 @@ def dream(model, tok, n, max_new_tokens, seed):
 
 # ----------------------------------------------------------------------------------------------------------
 
-SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads")  # the flags of a new model's shape (--init has its own)
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of")  # a new model's shape (--init has its own)
 # flags that may differ between a run and its --resume: where and how it runs, not what it trains
 RUN_CONTROL = ("resume", "init", "out_dir", "device", "dtype", "threads", "compile", "bench", "log_interval")
 
 
 def preset_help(text, key):
-    return f"{text} (default: the preset's; world {PRESETS['world'][key]}, stories15m {PRESETS['stories15m'][key]})"
+    return f"{text} (default: the preset's; {', '.join(f'{name} {v[key]}' for name, v in PRESETS.items())})"
 
 
 def get_args(argv=None):
@@ -381,6 +383,8 @@ def get_args(argv=None):
     p.add_argument("--n-layers", type=int, help=preset_help("number of Transformer blocks", "n_layers"))
     p.add_argument("--n-heads", type=int, help=preset_help("attention heads", "n_heads"))
     p.add_argument("--n-kv-heads", type=int, help=preset_help("key/value heads (fewer than n-heads: grouped-query)", "n_kv_heads"))
+    p.add_argument("--multiple-of", type=int, help=preset_help("the feed-forward's hidden size, 2/3 of 4 x dim, is "
+                                                               "rounded up to a multiple of this", "multiple_of"))
     p.add_argument("--vocab-size", type=int, help=preset_help("BPE vocabulary size to train", "vocab_size"))
     p.add_argument("--seq-len", type=int, help=preset_help("context length (max_seq_len; with --init, the "
                                                            "checkpoint's unless given)", "seq_len"))
@@ -414,6 +418,11 @@ def get_args(argv=None):
         # the default 0 in its args while training at its checkpoint's rate)
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
                                    os.path.join(args.out_dir, "base.pt"), RUN_CONTROL + ("dropout",))
+        if args.multiple_of is None:  # neither typed nor recorded (a run from before the flag): its model's own
+            try:
+                args.multiple_of = peek_checkpoint(os.path.join(args.out_dir, "base.pt"))["model_args"]["multiple_of"]
+            except Exception:  # no readable checkpoint: main() says so
+                pass
     if args.resume and args.init:
         p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/base.pt)")
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
@@ -432,7 +441,7 @@ def get_args(argv=None):
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    common.check_ranges(p, args, at_least_1=("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+    common.check_ranges(p, args, at_least_1=("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size",
                                              "seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval",
                                              "eval_batches", "log_interval"),
                         at_least_0=("warmup", "weight_decay", "grad_clip", "exam_items", "threads",
@@ -457,7 +466,7 @@ def lr_at(step, max_steps, lr, warmup, min_lr):
 def model_args(args, vocab_size, dropout=0.0):
     """The ModelArgs of a new model from the shape flags (--dim, --n-layers, ...): one place for bench and main."""
     return ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
-                     vocab_size=vocab_size, max_seq_len=args.seq_len, dropout=dropout)
+                     multiple_of=args.multiple_of, vocab_size=vocab_size, max_seq_len=args.seq_len, dropout=dropout)
 
 
 def bench(args, device, dtype):
@@ -680,7 +689,7 @@ def main(argv=None):
     else:
         log(f"exam: val loss {val_loss:.3f}")
     dreams = dream(model, tok, 3, 120, args.seed)
-    lines += ["", "Dreamed documents (sampled from BOS, temperature 0.8):", ""]
+    lines += ["", "Dreamed documents (sampled from BOS, temperature 0.8, top-p 0.95):", ""]
     lines += ["```\n" + d.strip() + "\n```" for d in dreams]
     for d in dreams:
         log("--- dream ---\n" + d.strip())

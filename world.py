@@ -546,7 +546,7 @@ def sft_examples(world, n=None, seed=0):
 
 
 def sft_conversations(world, n=None, seed=0):
-    """n conversations (default 15 per person) about sft_people and sums, each a list of
+    """n conversations (default 15 x the world's people) about sft_people and sums, each a list of
     {"role", "content"} dicts: an optional system message, then user/assistant turns (1-3 of them)."""
     return [messages for messages, _, _, _ in sft_examples(world, n, seed)]
 

@@ -584,6 +584,21 @@ def test_resume_names_a_missing_checkpoint_and_refuses_another_shape(tmp_path):
     assert "--preset stories260k would change nothing" in str(e.value.code)
 
 
+def test_presets_are_llama2c_shapes_and_a_run_from_before_multiple_of_resumes(tmp_path):
+    for preset, n in (("stories260k", 260_032), ("stories15m", 15_191_712)):  # llama2.c's parameter counts
+        args = train.get_args(["--preset", preset])
+        assert train.Transformer(train.model_args(args, args.vocab_size)).num_params() == n
+    run(tmp_path, "--preset", "stories260k", "--multiple-of", "32", "--max-steps", "1", "--exam-items", "0")
+    ckpt = torch.load(tmp_path / "base.pt", weights_only=True)
+    del ckpt["args"]["multiple_of"]  # as saved before the flag, when the preset had no value of its own
+    torch.save(ckpt, tmp_path / "base.pt")
+    with pytest.raises(SystemExit, match="--multiple-of 8 cannot change its shape"):
+        train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "2", "--multiple-of", "8"])
+    train.main(["--out-dir", str(tmp_path), "--resume", "--max-steps", "2"])  # not the preset's 4: the model's 32
+    ckpt = torch.load(tmp_path / "base.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["args"]["multiple_of"] == ckpt["model_args"]["multiple_of"] == 32
+
+
 def test_init_takes_a_typed_dropout_and_otherwise_keeps_the_checkpoints(tmp_path):
     run(tmp_path, "--max-steps", "2")
     shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
