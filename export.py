@@ -61,14 +61,15 @@ def default_checkpoint(out_dir="out"):
 
 
 def made_by_export(path):
-    """Whether the file at `path` is one an export writes, the only kind --out replaces: a blob or a GGUF file
-    (their magic), or llama2.c's model (its seven int32s give its size exactly) or tokenizer.bin (its records fill
-    it exactly). Anything else may be someone's data (comparisons.jsonl holds a person's labels)."""
+    """Which export wrote the file at `path` ("blob", "gguf", "llama2c" or "llama2c tokenizer"; None: not one),
+    the only kind --out replaces: a blob or a GGUF file (their magic), or llama2.c's model (its seven int32s give
+    its size exactly) or tokenizer.bin (its records fill it exactly). Anything else may be someone's data
+    (comparisons.jsonl holds a person's labels)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(28)
         if head.startswith((MAGIC, GGUF_MAGIC)):
-            return True
+            return "blob" if head.startswith(MAGIC) else "gguf"
         if len(head) == 28:  # write_llama2c's layout
             dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", head)
             if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) > 0 and vocab and dim % n_heads == 0:
@@ -76,22 +77,23 @@ def made_by_export(path):
                 floats = (abs(vocab) * dim * (1 if vocab > 0 else 2) + dim + seq_len * (dim // n_heads)
                           + n_layers * (2 * dim + 2 * dim * dim + 2 * kv * dim + 3 * hidden * dim))
                 if 28 + 4 * floats == size:
-                    return True
+                    return "llama2c"
         f.seek(0)  # write_llama2c's tokenizer.bin: max_token_length, then (score, length, bytes) to the end
         longest, at = (struct.unpack("<i", head[:4])[0] if len(head) >= 4 else -1), 4
         while 0 <= longest and at + 8 <= size:
             f.seek(at + 4)
             n = struct.unpack("<i", f.read(4))[0]
             if not 0 < n <= longest:
-                return False
+                return None
             at += 8 + n
-        return longest >= 0 and at == size > 4
+        return "llama2c tokenizer" if longest >= 0 and at == size > 4 else None
 
 
-def check_out_path(out, inputs):
+def check_out_path(out, inputs, kind):
     """Refuse an output path whose replacement would destroy something: a directory, a device or other
     special file, one of the export's inputs, a checkpoint, tokenizer or report (an easy slip: --out for --ckpt),
-    or any existing file an export did not write."""
+    any existing file an export did not write, or an export of another `kind` (`--format llama2c --out
+    out/model.bin` replaced the blob run.py reads)."""
     if not out or out.endswith(os.sep):
         raise ValueError(f"--out {out!r} names no file: name one, e.g. out/model.bin")
     parent = os.path.dirname(os.path.abspath(out))
@@ -108,9 +110,13 @@ def check_out_path(out, inputs):
             or os.path.basename(out) in ("report.md", "report.json", "train.bin", "val.bin", "data.json")):
         raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer, token file or report; write to a new "
                          "name, e.g. model.bin")
-    if os.path.exists(out) and not made_by_export(out):
+    found = made_by_export(out) if os.path.exists(out) else kind
+    if not found:
         raise ValueError(f"--out {out} would overwrite a file that is not an export (a blob, GGUF or llama2.c file); "
                          "write to a new name, e.g. model.bin")
+    if found != kind:
+        raise ValueError(f"--out {out} is a {found} export, which a {kind} would replace: write to a new name "
+                         "(or remove it first)")
 
 
 def load(ckpt_path, tok_path):
@@ -421,15 +427,16 @@ def main(argv=None):
         default_name = {"blob": "model.bin", "llama2c": "llama2c.bin", "gguf": "model.gguf"}[args.format]
         out = os.path.join(os.path.dirname(ckpt), default_name) if args.out is None else args.out  # beside it
         out_dir = os.path.dirname(os.path.abspath(out))
-        tok_out = os.path.join(out_dir, "tokenizer.bin")  # llama2c's second file
+        tok_out = os.path.join(os.path.dirname(out), "tokenizer.bin")  # llama2c's second file
         if args.format == "llama2c" and os.path.basename(out) == "tokenizer.bin":
             raise ValueError(f"--out {out}: llama2c writes its tokenizer to tokenizer.bin beside the model; "
                              "give the model another name, e.g. llama2c.bin")
         if out.endswith(".gguf") != (args.format == "gguf"):  # run.py cannot read a GGUF file, nor llama.cpp a blob
             raise ValueError(f"--out {out} does not match --format {args.format}: --format gguf writes a .gguf file, "
                              "and only it")
-        for path in [out] + [tok_out] * (args.format == "llama2c"):
-            check_out_path(path, [ckpt, tok_path])
+        check_out_path(out, [ckpt, tok_path], args.format)
+        if args.format == "llama2c":
+            check_out_path(tok_out, [ckpt, tok_path], "llama2c tokenizer")
         written = out
         os.makedirs(out_dir, exist_ok=True)
         if args.format == "blob":

@@ -716,12 +716,20 @@ def test_out_replaces_only_a_file_an_export_wrote(tok, tmp_path):
     for fmt, name in (("blob", "m.bin"), ("gguf", "m.gguf"), ("llama2c", "l.bin")):
         call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", fmt, "--out", str(tmp_path / name)])
         call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", fmt, "--out", str(tmp_path / name)])
-        assert export.made_by_export(tmp_path / name)
+        assert export.made_by_export(tmp_path / name) == fmt
+    for fmt, name in (("llama2c", "m.bin"), ("blob", "l.bin"), ("blob", "tokenizer.bin")):  # another kind of export
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(SystemExit) as e:  # (llama2c's --out model.bin replaced the blob run.py reads)
+            call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", fmt, "--out", str(tmp_path / name)])
+        assert "export, which a" in str(e.value.code) and (tmp_path / name).read_bytes() == before
     for name in ("l.bin", "tokenizer.bin"):  # layouts, not names: cut or lengthened, neither is llama2.c's
         data = (tmp_path / name).read_bytes()
         for changed in (data[:-1], data + b"\0"):
             (tmp_path / "x").write_bytes(changed)
             assert not export.made_by_export(tmp_path / "x")
+    shutil.copy(tmp_path / "m.bin", tmp_path / "tokenizer.bin")
+    with pytest.raises(SystemExit, match="tokenizer.bin is a blob export, which a llama2c tokenizer would replace"):
+        call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "n.bin")])
 
 
 # -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------
@@ -954,4 +962,4 @@ def test_out_refuses_a_link_to_nowhere(tmp_path):
     """export.py: check_out_path's `lexists(out) and not isfile(out)` dropped (a dangling link was written through)."""
     os.symlink(tmp_path / "nowhere", tmp_path / "link.bin")
     with pytest.raises(ValueError, match="exists and is not a regular file"):
-        export.check_out_path(str(tmp_path / "link.bin"), [])
+        export.check_out_path(str(tmp_path / "link.bin"), [], "blob")
