@@ -22,6 +22,7 @@ temperature 1 began 30% of its answers with a garbled word ("Cappy to help!"; RE
 
     python tokenizer.py out/tok.model "Hello  world!"    # print ids and pieces
 """
+import argparse
 import functools
 import hashlib
 import json
@@ -184,14 +185,16 @@ def render_chat(tok, messages, add_generation_prompt=False):
     return ids, mask
 
 
-def main():
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tokenizer.py TOKENIZER.model TEXT")
+def main(argv=None):
+    p = argparse.ArgumentParser(description="How a tokenizer splits a text: its ids, then its pieces.")
+    p.add_argument("model", help="a sentencepiece model, e.g. out/tok.model")
+    p.add_argument("text", help="the text to encode (chat markers typed in it are spelled as text)")
+    args = p.parse_args(argv)
     try:
-        tok = Tokenizer(sys.argv[1])
+        tok = Tokenizer(args.model)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    ids = tok.encode(sys.argv[2])
+    ids = tok.encode(args.text)
     print(ids)
     print([tok.sp.id_to_piece(i) for i in ids])
 

@@ -74,6 +74,13 @@ def test_help_shows_defaults_but_never_an_empty_one(script, capsys):
     assert "(default: " in text and "(default: None)" not in text and "(default: )" not in text
 
 
+@pytest.mark.parametrize("script", ["tokenizer.py", "run.py", "world.py"])
+def test_every_script_answers_help(script):  # tokenizer.py said its usage line and exited 1
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ") and "--help" in proc.stdout
+
+
 def test_pipeline_sh_puts_a_relative_out_dir_where_it_was_called_from(tmp_path):
     # a stand-in python prints each stage's command instead of running it; it reads its stdin as run.py --chat
     # does (echo alone exits before the questions are piped in: printf's SIGPIPE then failed the script)
