@@ -218,7 +218,7 @@ def main(argv=None):
     metrics = {"elo": {names[i]: round(float(point[i]), 1) for i in order},
                "elo_ci": {names[i]: [round(float(lo[i]), 1), round(float(hi[i]), 1)] for i in order},
                "battles": len(fights), "questions": len(items), "wall_s": round(timer(), 1)}
-    md = "\n".join(["## Arena (`python arena.py`)", "",
+    md = "\n".join([f"## Arena (`{common.command_line('arena.py', argv)}`)", "",
                     f"{len(names)} models answered the same {len(items)} held-out questions (sampled at temperature "
                     f"{args.temperature}); the simulated labeler judged every pair on every question ({len(fights)} "
                     "battles). Ratings: Bradley-Terry fit on the Elo scale, 95% intervals from resampling questions. "

@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -441,6 +442,11 @@ class Timer:
 
 
 SECTION = "<!-- stage: {} -->"
+
+
+def command_line(script, argv):
+    """The command a stage ran as, for its report section's title (argv None: this process's own flags)."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def update_report(out_dir, stage, metrics, markdown):

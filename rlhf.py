@@ -735,7 +735,7 @@ def main(argv=None):
     args = get_args(argv)
     if common.torchrun_env()[0] > 1:  # N copies would write the same files
         common.fail("rlhf.py runs as one process: start it with python, not torchrun (--device cuda for a GPU)")
-    command = " ".join(["python rlhf.py"] + list(argv if argv is not None else sys.argv[1:]))
+    command = common.command_line("rlhf.py", argv)
     device, _ = common.start(args)
     timer = common.Timer()
     log = print

@@ -344,7 +344,7 @@ def main(argv=None):
     val_loss = eval_loss(model, val, args.batch_size, device) if val else None
     metrics = {"val_loss": round(val_loss, 4) if val_loss is not None else None, "steps": step,
                "conversations": len(train), "dropped": dropped, "truncated": truncated}
-    lines = ["## SFT: instruction finetuning (`python sft.py`)", "",
+    lines = [f"## SFT: instruction finetuning (`{common.command_line('sft.py', argv)}`)", "",
              f"{len(train):,} conversations, {step} steps, seed {args.seed}, from `{init}`.", ""]
     if val_loss is not None:
         lines.append(f"- validation loss on held-out conversations (assistant tokens): **{val_loss:.3f}**")

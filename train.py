@@ -669,7 +669,7 @@ def main(argv=None):
     val_loss = estimate_loss(model, val_data, args.batch_size, args.seq_len, 4 * args.eval_batches, device, ctx)
     metrics = {"val_loss": round(val_loss, 4), "fact_recall": None, "qa_framed": None, "steps": step,
                "params": model.num_params(), "train_tokens": meta["train_tokens"], "seed": args.seed}
-    lines = ["## Pretraining (`python train.py`)", "",
+    lines = [f"## Pretraining (`{common.command_line('train.py', argv)}`)", "",
              f"{model.num_params() / 1e6:.2f}M parameters, {step} steps x {tokens_per_step:,} tokens, "
              f"seed {args.seed}, on {device}.", "", f"- validation loss: **{val_loss:.3f}**"]
     exam = None

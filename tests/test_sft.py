@@ -232,7 +232,7 @@ def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     assert after["qa_seen"] > before["qa_seen"]
     assert {"qa_seen", "qa_unseen", "reversal", "stop_rate", "wall_s"} <= set(after)
     report = open(out / "report.md").read()
-    assert report.count("## SFT") == 1
+    assert report.count("## SFT") == 1 and "--pretrain-mix-len 64`)" in report  # the flags it ran with
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])  # with dropout, the masks after the resume must be the same too

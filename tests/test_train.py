@@ -47,7 +47,8 @@ def test_loss_falls_and_report_is_written(tmp_path, capsys, monkeypatch):
     report = json.load(open(tmp_path / "report.json"))["pretrain"]
     assert {"val_loss", "fact_recall", "qa_framed", "wall_s"} <= set(report)
     assert 0 <= report["fact_recall"] <= 1 and report["val_loss"] < 6.4
-    assert "## Pretraining" in open(tmp_path / "report.md").read()
+    assert f"## Pretraining (`python train.py --out-dir {tmp_path} " in open(tmp_path / "report.md").read()
+    assert "--max-steps 30 --lr 3e-3 --eval-interval 30`)" in open(tmp_path / "report.md").read()  # (was bare)
 
 
 def test_batches_cover_every_window_and_the_last_token():
