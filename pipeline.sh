@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: the whole life of a model on the built-in world, raw text to chat, in 5-10 minutes on
-# a 2-core CPU (269-299 s on one machine, 468-617 s on another, see README; so are the estimates below).
+# The main job: the whole life of a model on the built-in world, raw text to chat, in 5-11 minutes on
+# a 2-core CPU (269-299 s on one machine, 468-632 s on another, see README; so are the estimates below).
 # Every stage prints step logs with an ETA and writes its exam into OUT/report.md.
 #     bash pipeline.sh            # everything in out/
 #     bash pipeline.sh myrun      # everything in myrun/
@@ -16,7 +16,7 @@ stage 1 "pretraining: a tokenizer, then next-token prediction on the world's doc
 $PY train.py --out-dir "$OUT"
 stage 2 "SFT: conversations, loss on the assistant's tokens only" "45-90 s"
 $PY sft.py --out-dir "$OUT"
-stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "1.5-3.5 min"
+stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "1.5-4 min"
 $PY rlhf.py --out-dir "$OUT"
 stage 4 "export: one float16 blob, checked against PyTorch by run.py" "2 s"
 $PY export.py --ckpt "$OUT/rlhf.pt" --out "$OUT/model.bin"
