@@ -550,9 +550,8 @@ def chat(model, tok, args, sample, stats):
 
 
 class Stats:
-    """Tokens/s of generation, counted from the first new token (the prefill is excluded; run.c also skips its
-    first step but counts the prompt's tokens, so the two agree when the prompt is BOS alone). --bench times its
-    own loop from BOS, the first step included."""
+    """Tokens/s of generation from the first new token (the prefill excluded; run.c skips its first step too but
+    counts the prompt's tokens: the two agree for a prompt of BOS alone). --bench times its own loop, all of it."""
 
     def __init__(self):
         self.tokens, self.seconds = 0, 0.0

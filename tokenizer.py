@@ -5,10 +5,10 @@ Text becomes token ids with a sentencepiece BPE vocabulary (Kudo & Richardson 20
 pretraining text, set up so that nothing is lost: identity normalisation, whitespace kept exactly, no
 dummy prefix space, and byte fallback for any character the vocabulary lacks, so decode(encode(x)) == x
 for every string without U+2581 (sentencepiece's stand-in for a space, which decodes to one) or lone
-surrogates (not text: valid_text makes them U+FFFD). The chat
-markers are user-defined symbols, one token each, and only render_chat places them: a marker typed in text
-("<|end|>" in a message, a web page or a comparison) is spelled with ordinary pieces, so no text can end a
-turn or open a new one (the injection that `parse_special=False` prevents in llama.cpp).
+surrogates (not text: valid_text makes them U+FFFD). The chat markers are user-defined symbols, one token
+each, and only render_chat places them: a marker typed in text ("<|end|>" in a message, a web page or a
+comparison) is spelled with ordinary pieces, so no text can end a turn or open a new one (the injection that
+`parse_special=False` prevents in llama.cpp).
 
 A conversation becomes ids with `render_chat`, the one place the chat format is written in Python (run.py
 mirrors it, and export.py's GGUF writes it as a Jinja template for llama.cpp; tests keep all three identical):
