@@ -127,3 +127,13 @@ def test_a_base_blob_answers_in_the_qa_framing(tmp_path, monkeypatch, tok):
     answer, _, framed = arena.blob_player(str(tmp_path / "base.bin"), 1.0, 16, seed=0)
     assert framed and answer(["Where does Anna live?"]) == [("Anna lives in Dunmore.", True)]
     assert prompts == [[tok.bos_id] + tok.encode(world.qa_framed("Where does Anna live?"))]
+
+
+def test_the_report_is_titled_with_the_command_shell_quoted(tmp_path, monkeypatch):
+    """arena.py: its title as the bare `python arena.py` (a run's contestants and flags went unsaid), or
+    common.command_line joining words with spaces (a path with a space could not be pasted back into a shell)."""
+    player = (lambda qs: [("I do not know.", True) for _ in qs], {"world_people": 12, "world_seed": 7}, False)
+    monkeypatch.setattr(arena, "checkpoint_player", lambda *a: player)
+    arena.main(["my run/sft.pt", "b.pt", "--out-dir", str(tmp_path), "--questions", "5"])
+    title = f"## Arena (`python arena.py 'my run/sft.pt' b.pt --out-dir {tmp_path} --questions 5`)"
+    assert title in (tmp_path / "report.md").read_text()

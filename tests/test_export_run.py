@@ -963,3 +963,16 @@ def test_out_refuses_a_link_to_nowhere(tmp_path):
     os.symlink(tmp_path / "nowhere", tmp_path / "link.bin")
     with pytest.raises(ValueError, match="exists and is not a regular file"):
         export.check_out_path(str(tmp_path / "link.bin"), [], "blob")
+
+
+# -- found unchecked by an eighth mutation-testing pass (each test names the mutant it kills) -------------------
+
+def test_llama2c_names_its_tokenizer_as_out_was_given(tok, tmp_path, monkeypatch, capsys):
+    """export.py: tokenizer.bin's path made from the absolute out dir (a relative --out l.bin was reported as
+    written to l.bin and /abs/path/tokenizer.bin)."""
+    model.save_checkpoint(str(tmp_path / "base.pt"), tiny_model(tok.vocab_size), stage="base")
+    shutil.copy(tok.model_file, tmp_path / "tok.model")
+    monkeypatch.chdir(tmp_path)
+    call_main(export, ["--ckpt", "base.pt", "--format", "llama2c", "--out", "l.bin"])
+    assert " to l.bin and tokenizer.bin (" in capsys.readouterr().out
+    assert export.made_by_export(tmp_path / "tokenizer.bin") == "llama2c tokenizer"

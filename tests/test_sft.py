@@ -233,6 +233,7 @@ def test_sft_teaches_answering_and_stopping(tmp_path, base_dir):
     assert {"qa_seen", "qa_unseen", "reversal", "stop_rate", "wall_s"} <= set(after)
     report = open(out / "report.md").read()
     assert report.count("## SFT") == 1 and "--pretrain-mix-len 64`)" in report  # the flags it ran with
+    assert f"## SFT: instruction finetuning (`python sft.py --out-dir {out} --epochs 6 " in report  # sft.py's
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])  # with dropout, the masks after the resume must be the same too

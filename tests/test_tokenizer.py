@@ -1,4 +1,6 @@
 """tokenizer.py: exact round trips, special tokens, and the chat template's mask."""
+import ast
+
 import pytest
 
 import tokenizer
@@ -77,3 +79,13 @@ def test_bad_conversations_are_rejected(tok, msgs, why):
 def test_too_small_vocab_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot train a 50-token vocabulary"):
         tokenizer.train_tokenizer(["hello world"] * 10, str(tmp_path / "t"), 50)
+
+
+def test_main_prints_ids_then_pieces_and_a_missing_model_is_one_line(tok, tmp_path, capsys):
+    """tokenizer.py: main() parsing sys.argv instead of its argv, printing the ids twice (no pieces), or a bad
+    model path a traceback instead of one line."""
+    tokenizer.main([tok.model_file, "Hello  world<|end|>"])
+    ids, pieces = map(ast.literal_eval, capsys.readouterr().out.splitlines())
+    assert ids == tok.encode("Hello  world<|end|>") and pieces == [tok.sp.id_to_piece(i) for i in ids]
+    with pytest.raises(SystemExit, match=r"^error: no tokenizer model at .*none\.model$"):
+        tokenizer.main([str(tmp_path / "none.model"), "text"])

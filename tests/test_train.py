@@ -343,6 +343,7 @@ def test_threads_flag_sets_torch_threads_for_the_run(tmp_path, capsys):
     ("sft", ["--epochs", "inf"], "--epochs must be positive (got inf)"),
     ("rlhf", ["--kl-coef", "inf"], "--kl-coef must be at least 0 (got inf)"),
     ("train", ["--world-people", "500"], "--world-people must be in 2..219 (got 500)"),
+    ("train", ["--multiple-of", "0"], "--multiple-of must be at least 1 (got 0)"),  # (a ZeroDivisionError)
     ("arena", ["--world-people", "1"], "--world-people must be in 2..219 (got 1)"),
     ("train", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32 weights end at 3.4e38)"),
     ("sft", ["--lr", "1e38"], "--lr 1e+38 is beyond 1e30 (float32 weights end at 3.4e38)"),
@@ -617,7 +618,9 @@ def test_init_takes_a_typed_dropout_and_otherwise_keeps_the_checkpoints(tmp_path
 
 
 def test_a_run_started_with_init_resumes_with_its_own_shape(tmp_path):
-    run(tmp_path, "--max-steps", "2", "--dim", "48", "--n-heads", "4")  # not the default preset's shape
+    """(--multiple-of 8, from an eighth mutation-testing pass: --init recording SHAPE without multiple_of kept the
+    preset's 32 in its args, and the resume refused its own model: "--multiple-of 32 cannot change its shape".)"""
+    run(tmp_path, "--max-steps", "2", "--dim", "48", "--n-heads", "4", "--multiple-of", "8")  # not the preset's shape
     shutil.copy(tmp_path / "base.pt", tmp_path / "start.pt")
     common_flags = ["--out-dir", str(tmp_path), "--world-people", "12", "--world-seed", "7", "--vocab-size", "600",
                     "--seq-len", "64", "--batch-size", "4", "--eval-batches", "2", "--exam-items", "0"]
@@ -893,3 +896,25 @@ def test_init_without_a_tok_model_beside_it_runs_where_its_data_is_prepared(tmp_
                 "--world-seed", "7", "--vocab-size", "600", "--seq-len", "64", "--batch-size", "4",
                 "--eval-batches", "2", "--exam-items", "0", "--max-steps", "2"])
     assert torch.load(tmp_path / "w" / "base.pt", weights_only=True)["step"] == 2
+
+
+# -- found unchecked by an eighth mutation-testing pass (each test names the mutant it kills) -------------------
+
+def test_the_world_preset_keeps_its_shape_and_help_names_every_presets_value(capsys):
+    """train.py: the world preset's multiple_of 32 as 4 (its model, 935,040 parameters, hidden 352, the README's
+    0.94M, became another shape); preset_help naming one preset's value (--multiple-of's help hid stories260k's 4)."""
+    args = train.get_args([])
+    net = train.Transformer(train.model_args(args, args.vocab_size))
+    assert (net.args.hidden_dim, net.num_params()) == (352, 935_040)
+    with pytest.raises(SystemExit):
+        train.get_args(["--help"])
+    assert "world 32, stories260k 4, stories15m 32" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_jsonl_row_with_both_fields_gives_its_text_as_a_json_row_does(tmp_path):
+    """train.py: jsonl_documents preferring "story" to "text" (the same rows read as .json and .jsonl differed)."""
+    rows = [{"text": "The text.", "story": "The story."}, {"story": "Only a story."}]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train.read_documents(str(tmp_path / "a.json")) == train.read_documents(str(tmp_path / "b.jsonl")) \
+        == ["The text.", "Only a story."]
