@@ -188,7 +188,8 @@ def render_chat(tok, messages, add_generation_prompt=False):
 def main(argv=None):
     p = argparse.ArgumentParser(description="How a tokenizer splits a text: its ids, then its pieces.")
     p.add_argument("model", help="a sentencepiece model, e.g. out/tok.model")
-    p.add_argument("text", help="the text to encode (chat markers typed in it are spelled as text)")
+    p.add_argument("text", help="the text to encode (chat markers typed in it are spelled as text; a text that "
+                   "begins with '-' goes after --: tokenizer.py out/tok.model -- -x)")
     args = p.parse_args(argv)
     try:
         tok = Tokenizer(args.model)
