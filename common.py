@@ -123,6 +123,23 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
             parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32 weights end at 3.4e38)")
 
 
+def memory_bytes(device):
+    """The memory a device has: a GPU's own, else the machine's RAM plus swap; None where it cannot be told. For
+    refusing at once, in one line, sizes that cannot fit: the kernel's OOM killer ends a process without a word."""
+    try:
+        if device.startswith("cuda"):
+            return torch.cuda.get_device_properties(torch.device(device)).total_memory
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    try:
+        with open("/proc/meminfo") as f:  # (Linux; elsewhere RAM alone)
+            swap = next((int(line.split()[1]) * 1024 for line in f if line.startswith("SwapTotal:")), 0)
+    except (OSError, ValueError, IndexError):
+        swap = 0
+    return ram + swap
+
+
 def check_writable(directory):
     """Make `directory` and write a file in it, or stop with one line before any work: a folder that cannot be
     written was found only when the first checkpoint was saved, after the training it held was done."""

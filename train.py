@@ -469,13 +469,30 @@ def model_args(args, vocab_size, dropout=0.0):
                      multiple_of=args.multiple_of, vocab_size=vocab_size, max_seq_len=args.seq_len, dropout=dropout)
 
 
+def check_fits(margs, batch_size, device):
+    """Stop with one line when training this shape cannot fit in the device's memory, before any work. The bound
+    is a floor: float32 weights, gradients and AdamW's two moments (16 bytes a parameter) and one micro-batch's
+    logits with their gradient (2 x B x T x V float32), the parameters counted on the meta device (nothing is
+    allocated). Without it, a --dim or --batch-size far too large ran until the kernel killed it, without a word."""
+    with torch.device("meta"):
+        n = Transformer(margs).num_params()
+    need, have = 16 * n + 8 * batch_size * margs.max_seq_len * margs.vocab_size, common.memory_bytes(device)
+    if have is not None and need > have:
+        common.fail(f"a {n / 1e6:,.1f}M-parameter model with batches of {batch_size} x {margs.max_seq_len} tokens "
+                    f"needs at least {need / 1e9:,.1f} GB to train (weights, gradients, AdamW state, logits) and "
+                    f"{device} has {have / 1e9:,.1f} GB: lower --dim, --n-layers, --vocab-size, --batch-size or "
+                    "--seq-len")
+
+
 def bench(args, device, dtype):
     """Training throughput at a model shape, on random tokens: what llama2.c's train.py is compared with."""
     torch.manual_seed(args.seed)
     try:
-        model = Transformer(model_args(args, args.vocab_size)).to(device)
+        margs = model_args(args, args.vocab_size)
     except ValueError as e:  # a bad shape (dim not a multiple of n_heads, ...)
         common.fail(e)
+    check_fits(margs, args.batch_size, device)
+    model = Transformer(margs).to(device)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay, (0.9, args.beta2), device.split(":")[0])
     train_model = torch.compile(model) if args.compile else model
     x = torch.randint(args.vocab_size, (args.batch_size, args.seq_len + 1), device=device)
@@ -531,8 +548,8 @@ def main(argv=None):
                 raise ValueError(f"--init keeps its tokenizer, but there is no tok.model beside {args.init} and these "
                                  f"data flags would replace {here}: put its tok.model beside it, or give another "
                                  "--out-dir")
-        if not args.resume and not args.init:
-            model_args(args, args.vocab_size)  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
+        if not args.resume and not args.init:  # a bad shape (dim not a multiple of n_heads, ...) is a ValueError
+            check_fits(model_args(args, args.vocab_size), args.batch_size, device)
     except (CheckpointError, ValueError) as e:
         common.fail(e)
     ddp.barrier()  # every process has checked OUT_DIR before the master writes to it (NCCL starts ranks apart)

@@ -349,3 +349,27 @@ def test_run_py_needs_stdin_only_for_a_chat_without_prompt(tmp_path, base_dir, a
                           capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.close(0))
     assert proc.returncode == 0, proc.stderr
     assert "stdin is closed" not in proc.stderr
+
+
+@pytest.mark.parametrize("flags, model", [
+    # 4 x (2 x 4096^2 + 2 x 4096 x 512 + 3 x 4096 x 10944 + 2 x 4096) + 1024 x 4096 + 4096 parameters: 11.1 GB
+    (["--dim", "4096", "--n-layers", "4", "--n-heads", "32"], "693.1M-parameter"),
+    (["--batch-size", "10000"], "0.9M-parameter"),  # 10000 x 256 x 1024 logits: 21 GB with their gradient
+])
+def test_a_shape_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch, flags, model):
+    """A --dim or --batch-size far too large allocated until the kernel's OOM killer ended train.py without a word
+    (a fuzzing audit's item 10). Now the floor of what training needs is checked against the device's memory."""
+    monkeypatch.setattr(common, "memory_bytes", lambda device: 8e9)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out-dir", str(tmp_path / "o"), *flags])
+    assert f"a {model} model" in str(e.value.code) and "and cpu has 8.0 GB: lower --dim" in str(e.value.code)
+    assert not os.path.exists(tmp_path / "o")  # before the data prep
+    with pytest.raises(SystemExit, match="needs at least"):
+        train.main(["--bench", "1", *flags])
+    monkeypatch.setattr(common, "memory_bytes", lambda device: 25e9)  # a machine that has the floor: no refusal
+    train.check_fits(train.model_args(train.get_args(flags), 1024), train.get_args(flags).batch_size, "cpu")
+
+
+def test_memory_bytes_tells_this_machines_ram():
+    have = common.memory_bytes("cpu")
+    assert have is None or have >= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 0
