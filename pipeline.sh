@@ -14,7 +14,7 @@ stage() { printf '\n=== [%s/6] %s (about %s; %d s so far) ===\n' "$1" "$2" "$3" 
 
 stage 1 "pretraining: a tokenizer, then next-token prediction on the world's documents" "2.5-5 min"
 $PY train.py --out-dir "$OUT"
-stage 2 "SFT: conversations, loss on the assistant's tokens only" "45-90 s"
+stage 2 "SFT: conversations, loss on the assistant's tokens only" "45-95 s"
 $PY sft.py --out-dir "$OUT"
 stage 3 "RLHF: comparisons, a reward model, then the policy gradient with a KL leash" "1.5-4 min"
 $PY rlhf.py --out-dir "$OUT"
