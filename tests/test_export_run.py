@@ -729,7 +729,8 @@ def test_out_replaces_only_a_file_an_export_wrote(tok, tmp_path):
             assert not export.made_by_export(tmp_path / "x")
     shutil.copy(tmp_path / "m.bin", tmp_path / "tokenizer.bin")
     with pytest.raises(SystemExit, match="tokenizer.bin is a blob export, which a llama2c tokenizer would replace"):
-        call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", "llama2c", "--out", str(tmp_path / "n.bin")])
+        call_main(export, ["--ckpt", str(tmp_path / "base.pt"), "--format", "llama2c",
+                           "--out", str(tmp_path / "n.bin")])
 
 
 # -- found unchecked by a fifth mutation-testing pass (each test names the bug it kills) ----------------------

@@ -164,7 +164,8 @@ def test_bad_data_under_torchrun_is_the_masters_one_line(tmp_path):
 @pytest.mark.parametrize("data, why", [
     ("missing.txt", "does not exist"), ("empty.txt", "holds no text"), ("bad.json", "expected a JSON list"),
     ("emptydir", "no .txt, .json or .jsonl files"), ("bad.jsonl", "bad.jsonl:2: expected a JSON object"),
-    ("latin1.txt", "cannot read"), ("cut.jsonl", "cut.jsonl:3: bad JSON"), ("latin1.jsonl", "latin1.jsonl:2: not UTF-8"),
+    ("latin1.txt", "cannot read"), ("cut.jsonl", "cut.jsonl:3: bad JSON"),
+    ("latin1.jsonl", "latin1.jsonl:2: not UTF-8"),
 ])
 def test_bad_data_is_one_clear_line(tmp_path, capsys, data, why):
     (tmp_path / "empty.txt").write_text("  \n")
