@@ -123,23 +123,6 @@ def check_ranges(parser, args, at_least_1=(), at_least_0=(), positive=(), below_
             parser.error(f"--{name.replace('_', '-')} {value} is beyond 1e30 (float32 weights end at 3.4e38)")
 
 
-def memory_bytes(device):
-    """The memory a device has: a GPU's own, else the machine's RAM plus swap; None where it cannot be told. For
-    refusing at once, in one line, sizes that cannot fit: the kernel's OOM killer ends a process without a word."""
-    try:
-        if device.startswith("cuda"):
-            return torch.cuda.get_device_properties(torch.device(device)).total_memory
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
-    try:
-        with open("/proc/meminfo") as f:  # (Linux; elsewhere RAM alone)
-            swap = next((int(line.split()[1]) * 1024 for line in f if line.startswith("SwapTotal:")), 0)
-    except (OSError, ValueError, IndexError):
-        swap = 0
-    return ram + swap
-
-
 def check_writable(directory):
     """Make `directory` and write a file in it, or stop with one line before any work: a folder that cannot be
     written was found only when the first checkpoint was saved, after the training it held was done."""
@@ -369,14 +352,17 @@ def note_fresh_run(paths, log):
         log(f"note: a fresh run: it saves over {' and '.join(there)} as it goes (--resume continues instead)")
 
 
-def resumed_args(parser, argv, args, ckpt_path, run_control):
+def resumed_args(parser, argv, args, ckpt_path, run_control, shape=()):
     """args for --resume: every flag the stopped run was started with (its checkpoint's args), except the flags
     given on this command line and the run-control flags (device, threads, ...) that may differ between runs.
-    Without this, `--resume` alone fell back to the defaults: another shape, batch size or schedule."""
+    Without this, `--resume` alone fell back to the defaults: another shape, batch size or schedule. A `shape`
+    flag the stopped run's args lack (it predates the flag) is its model's own value (model_args)."""
     try:
-        saved = peek_checkpoint(ckpt_path).get("args") or {}  # main() loads the weights once, later
+        ckpt = peek_checkpoint(ckpt_path)  # main() loads the weights once, later
     except Exception:  # no or no readable checkpoint: load_checkpoint reports it in a moment
         return args
+    model_args = {k: v for k, v in (ckpt.get("model_args") or {}).items() if k in shape}
+    saved = {**model_args, **(ckpt.get("args") or {})}
     dests = {opt: action.dest for action in parser._actions for opt in action.option_strings}
     typed = [word.split("=")[0] for word in argv if word.startswith("--")]
     given = {dest for word in typed for opt, dest in dests.items()  # argparse also takes unique prefixes

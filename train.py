@@ -417,12 +417,7 @@ def get_args(argv=None):
         # --dropout: untyped, main() takes the checkpoint model's own rate (before 295f36c an --init run recorded
         # the default 0 in its args while training at its checkpoint's rate)
         args = common.resumed_args(p, sys.argv[1:] if argv is None else argv, args,
-                                   os.path.join(args.out_dir, "base.pt"), RUN_CONTROL + ("dropout",))
-        if args.multiple_of is None:  # neither typed nor recorded (a run from before the flag): its model's own
-            try:
-                args.multiple_of = peek_checkpoint(os.path.join(args.out_dir, "base.pt"))["model_args"]["multiple_of"]
-            except Exception:  # no readable checkpoint: main() says so
-                pass
+                                   os.path.join(args.out_dir, "base.pt"), RUN_CONTROL + ("dropout",), SHAPE)
     if args.resume and args.init:
         p.error("--resume and --init exclude each other (--resume continues from OUT_DIR/base.pt)")
     typed_shape = [f"--{k.replace('_', '-')}" for k in SHAPE if getattr(args, k) is not None]
@@ -469,6 +464,23 @@ def model_args(args, vocab_size, dropout=0.0):
                      multiple_of=args.multiple_of, vocab_size=vocab_size, max_seq_len=args.seq_len, dropout=dropout)
 
 
+def memory_bytes(device):
+    """The memory a device has: a GPU's own, else the machine's RAM plus swap; None where it cannot be told. For
+    refusing at once, in one line, sizes that cannot fit: the kernel's OOM killer ends a process without a word."""
+    try:
+        if device.startswith("cuda"):
+            return torch.cuda.get_device_properties(torch.device(device)).total_memory
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    try:
+        with open("/proc/meminfo") as f:  # (Linux; elsewhere RAM alone)
+            swap = next((int(line.split()[1]) * 1024 for line in f if line.startswith("SwapTotal:")), 0)
+    except (OSError, ValueError, IndexError):
+        swap = 0
+    return ram + swap
+
+
 def check_fits(margs, batch_size, device):
     """Stop with one line when training this shape cannot fit in the device's memory, before any work. The bound
     is a floor: float32 weights, gradients and AdamW's two moments (16 bytes a parameter) and one micro-batch's
@@ -476,7 +488,7 @@ def check_fits(margs, batch_size, device):
     allocated). Without it, a --dim or --batch-size far too large ran until the kernel killed it, without a word."""
     with torch.device("meta"):
         n = Transformer(margs).num_params()
-    need, have = 16 * n + 8 * batch_size * margs.max_seq_len * margs.vocab_size, common.memory_bytes(device)
+    need, have = 16 * n + 8 * batch_size * margs.max_seq_len * margs.vocab_size, memory_bytes(device)
     if have is not None and need > have:
         common.fail(f"a {n / 1e6:,.1f}M-parameter model with batches of {batch_size} x {margs.max_seq_len} tokens "
                     f"needs at least {need / 1e9:,.1f} GB to train (weights, gradients, AdamW state, logits) and "

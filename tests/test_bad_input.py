@@ -359,17 +359,17 @@ def test_run_py_needs_stdin_only_for_a_chat_without_prompt(tmp_path, base_dir, a
 def test_a_shape_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch, flags, model):
     """A --dim or --batch-size far too large allocated until the kernel's OOM killer ended train.py without a word
     (a fuzzing audit's item 10). Now the floor of what training needs is checked against the device's memory."""
-    monkeypatch.setattr(common, "memory_bytes", lambda device: 8e9)
+    monkeypatch.setattr(train, "memory_bytes", lambda device: 8e9)
     with pytest.raises(SystemExit) as e:
         train.main(["--out-dir", str(tmp_path / "o"), *flags])
     assert f"a {model} model" in str(e.value.code) and "and cpu has 8.0 GB: lower --dim" in str(e.value.code)
     assert not os.path.exists(tmp_path / "o")  # before the data prep
     with pytest.raises(SystemExit, match="needs at least"):
         train.main(["--bench", "1", *flags])
-    monkeypatch.setattr(common, "memory_bytes", lambda device: 25e9)  # a machine that has the floor: no refusal
+    monkeypatch.setattr(train, "memory_bytes", lambda device: 25e9)  # a machine that has the floor: no refusal
     train.check_fits(train.model_args(train.get_args(flags), 1024), train.get_args(flags).batch_size, "cpu")
 
 
 def test_memory_bytes_tells_this_machines_ram():
-    have = common.memory_bytes("cpu")
+    have = train.memory_bytes("cpu")
     assert have is None or have >= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 0
