@@ -110,11 +110,11 @@ def check_out_path(out, inputs, kind):
             or os.path.basename(out) in ("report.md", "report.json", "train.bin", "val.bin", "data.json")):
         raise ValueError(f"--out {out} would overwrite a checkpoint, tokenizer, token file or report; write to a new "
                          "name, e.g. model.bin")
-    found = made_by_export(out) if os.path.exists(out) else kind
-    if not found:
+    found = made_by_export(out) if os.path.exists(out) else None
+    if os.path.exists(out) and not found:
         raise ValueError(f"--out {out} would overwrite a file that is not an export (a blob, GGUF or llama2.c file); "
                          "write to a new name, e.g. model.bin")
-    if found != kind:
+    if found not in (None, kind):
         raise ValueError(f"--out {out} is a {found} export, which a {kind} would replace: write to a new name "
                          "(or remove it first)")
 
